@@ -1,0 +1,33 @@
+# Two commands do everything on a fresh machine: `make demo` and `make test`.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test ingest-demo verify-demo bench-ingest clean help
+
+help:
+	@echo "make demo   - set up .venv, ingest the shipped sample (data/sample) into data/records and verify it"
+	@echo "make test   - set up .venv and run the test suite"
+	@echo "make bench-ingest - ingestion benchmark (bench/ingest.py), prints ratios"
+	@echo "make clean  - remove data/records, data/cache and caches (keeps .venv)"
+
+# Re-install only when requirements.txt changes.
+$(STAMP): requirements.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(PY) generate_dataset.py data/sample/train+val.txt --labels data/sample/labels.txt --out data/records
+	$(PY) generate_dataset.py --verify data/records
+
+test: $(STAMP)
+	$(PY) -m pytest
+
+bench-ingest: $(STAMP)
+	$(PY) bench/ingest.py
+
+clean:
+	rm -rf data/records data/cache .pytest_cache bench/out

@@ -1,0 +1,439 @@
+"""The `generate_dataset.py` job: list -> fetched, verified, resized images -> sharded TFRecords.
+
+Resumable by construction: every shard's content is fixed by the plan
+(the list, the split and the options), a shard is written to a temporary name
+and renamed when complete, and its bookkeeping is kept in `OUT/.partial/`
+until the manifest is written last. Kill the process at any point and rerun
+the same command: finished shards are kept, downloads come from the cache,
+and every good line ends up in the dataset exactly once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shlex
+import shutil
+import sys
+import time
+from collections import Counter, deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+import numpy as np
+from tqdm import tqdm
+
+from . import imaging, records, reports, splits
+from .config import IngestConfig
+from .fetching import FetchError, Fetcher, FetchSettings
+from .sources import Failure, Item, ListError, open_list, parse_list, read_label_names
+
+PARTIAL = ".partial"
+EXIT_OK, EXIT_FAILURES, EXIT_FATAL, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+class IngestError(Exception):
+    """A problem that stops the job before anything is written (bad options, wrong folder state)."""
+
+
+@dataclass
+class ShardPlan:
+    split: str
+    index: int
+    total: int
+    part: str
+    items: list[Item]
+
+    @property
+    def name(self) -> str:
+        return records.shard_name(self.split, self.index, self.total, self.part)
+
+
+# --------------------------------------------------------------------------- planning
+
+def _content_options(cfg: IngestConfig) -> dict[str, Any]:
+    """Options that change what ends up in the records (a rerun must match them)."""
+    keys = ("image_size", "resize", "quality", "min_side", "max_pixels", "min_bytes", "max_bytes",
+            "val_fraction", "val_count", "seed", "shard_size")
+    return {k: getattr(cfg, k) for k in keys}
+
+
+def fingerprint(cfg: IngestConfig, labels: list[str], items: list[Item]) -> str:
+    h = hashlib.sha256(json.dumps([_content_options(cfg), labels], sort_keys=True).encode())
+    for it in items:
+        h.update(f"{it.id}\t{it.source}\t{''.join(map(str, it.labels))}\n".encode())
+    return h.hexdigest()[:16]
+
+
+def plan_shards(items: list[Item], cfg: IngestConfig, part: str) -> list[ShardPlan]:
+    """Split the items, then cut each split into shards of `shard_size` in list order."""
+    y = np.array([it.labels for it in items], dtype=int).reshape(len(items), -1)
+    train_idx, val_idx = splits.split_indices(y, val_fraction=cfg.val_fraction, val_count=cfg.val_count,
+                                              seed=cfg.seed)
+    plans: list[ShardPlan] = []
+    for split, idx in (("train", train_idx), ("val", val_idx)):
+        chosen = [items[i] for i in idx]
+        total = max(1, -(-len(chosen) // cfg.shard_size)) if chosen else 0
+        for s in range(total):
+            plans.append(ShardPlan(split, s, total, part, chosen[s * cfg.shard_size:(s + 1) * cfg.shard_size]))
+    return plans
+
+
+# --------------------------------------------------------------------------- per-image work
+
+def make_worker(cfg: IngestConfig, fetcher: Fetcher):
+    """The per-item function run in the pool: fetch, verify, resize, encode, serialize."""
+
+    def work(item: Item) -> tuple[Item, bytes | None, Failure | None]:
+        try:
+            data = fetcher.fetch(item.source)
+            jpeg, h, w = imaging.process(data, size=cfg.image_size, mode=cfg.resize, quality=cfg.quality,
+                                         min_side=cfg.min_side, max_pixels=cfg.max_pixels)
+            return item, records.make_example(jpeg, id=item.id, source=item.source, height=h, width=w,
+                                              labels=item.labels), None
+        except (FetchError, imaging.ImageError) as e:
+            return item, None, Failure(item.id, item.source, str(e), item.line)
+        except Exception as e:  # one bad file must never stop the run
+            return item, None, Failure(item.id, item.source, f"error: {type(e).__name__}: {e}", item.line)
+
+    return work
+
+
+def ordered_map(fn, items: Iterable[Item], workers: int, window: int) -> Iterator[Any]:
+    """Like `executor.map`, but with at most `window` items in flight (memory stays flat)."""
+    ex = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fetch")
+    pending: deque[Future] = deque()
+    try:
+        for it in items:
+            pending.append(ex.submit(fn, it))
+            if len(pending) >= window:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+    finally:
+        # On Ctrl-C or an error: drop queued work; running downloads end within their timeout.
+        ex.shutdown(wait=False, cancel_futures=True)
+
+
+# --------------------------------------------------------------------------- the job
+
+class Ingest:
+    def __init__(self, cfg: IngestConfig, command: str):
+        self.cfg = cfg
+        self.command = command
+        self.out = Path(cfg.out)
+        self.partial = self.out / PARTIAL
+
+    # ---- state files in OUT/.partial/
+    def _state_path(self, plan: ShardPlan) -> Path:
+        return self.partial / f"{plan.name}.json"
+
+    def _shard_done(self, plan: ShardPlan) -> dict[str, Any] | None:
+        state_path, shard = self._state_path(plan), self.out / plan.name
+        if not (state_path.is_file() and shard.is_file()):
+            return None
+        try:
+            state = json.loads(state_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        return state if state.get("bytes") == shard.stat().st_size else None
+
+    def run(self) -> int:
+        cfg = self.cfg
+        existing = self._existing_manifest()
+        labels = self._label_names(existing)
+        parsed = self._read_list(labels)
+        line_failures = list(parsed.failures)
+        items = parsed.items
+        labels = parsed.label_names
+        if cfg.strict and line_failures:
+            for f in line_failures:
+                print(f"error: {cfg.list}: {f.reason}", file=sys.stderr)
+            raise IngestError(f"{len(line_failures)} bad line(s) and --strict is set: nothing written")
+        for f in line_failures:
+            tqdm.write(f"warning: {cfg.list}: {f.reason}", file=sys.stderr)
+        # Fingerprint the list as given, before ids already in the dataset are dropped,
+        # so a rerun of an interrupted --append recognises its own unfinished work.
+        fp = fingerprint(cfg, labels, items)
+        if existing is not None and any(p.get("fingerprint") == fp for p in existing.get("parts", [])):
+            shutil.rmtree(self.partial, ignore_errors=True)
+            print(f"{self.out}: already holds the records of this exact command (fingerprint {fp}); nothing to do")
+            return EXIT_OK
+        if existing is not None and cfg.append:
+            items, dupes = self._drop_known_ids(items, existing)
+            line_failures += dupes
+        part = self._part_tag(existing)
+        self._claim_partial(fp)
+        plans = plan_shards(items, cfg, part)
+        if not items:
+            print("warning: no usable line in the list", file=sys.stderr)
+
+        records.load_tensorflow()  # ~2 s: before the clock and the progress bar start
+        started = time.perf_counter()
+        interrupted = False
+        try:
+            processed = self._write_shards(plans)
+        except KeyboardInterrupt:
+            interrupted = True
+        if interrupted:
+            done = sum(1 for p in plans if self._shard_done(p))
+            print(f"\ninterrupted: {done}/{len(plans)} shard(s) complete and kept in {self.out}; "
+                  f"rerun the same command to finish (downloads are cached)", file=sys.stderr)
+            return EXIT_INTERRUPTED
+        elapsed = time.perf_counter() - started
+
+        states = [self._shard_done(p) for p in plans]
+        if any(s is None for s in states):  # cannot happen unless files were removed under us
+            raise IngestError(f"{self.out}: a shard vanished while writing; rerun the same command")
+        manifest = self._finalize(existing, labels, plans, states, line_failures, fp, part)
+        image_failures = [Failure(**f) for s in states for f in s["failures"]]
+        all_failures = line_failures + image_failures
+        reports.print_ingest_summary(manifest, all_failures, processed, elapsed, self._written_labels(states),
+                                     out=self.out)
+        return EXIT_FAILURES if all_failures else EXIT_OK
+
+    # ---- steps
+    def _existing_manifest(self) -> dict[str, Any] | None:
+        cfg = self.cfg
+        has_manifest = (self.out / records.MANIFEST).is_file()
+        if cfg.overwrite and (has_manifest or self.partial.exists()):
+            self._clear_out()
+            return None
+        if cfg.append:
+            if not has_manifest:
+                raise IngestError(f"--append: {self.out} has no {records.MANIFEST} to append to")
+            return records.load_manifest(self.out)
+        if has_manifest:
+            manifest = records.load_manifest(self.out)
+            return manifest  # a rerun of the same command is recognised by its fingerprint below
+        return None
+
+    def _clear_out(self) -> None:
+        for p in self.out.glob("*.tfrecord"):
+            p.unlink()
+        for name in (records.MANIFEST, records.FAILURES, records.INDEX):
+            (self.out / name).unlink(missing_ok=True)
+        shutil.rmtree(self.partial, ignore_errors=True)
+
+    def _label_names(self, existing: dict[str, Any] | None) -> list[str] | None:
+        names = read_label_names(self.cfg.labels) if self.cfg.labels else None
+        if existing is not None:
+            if names is not None and names != existing["labels"]:
+                raise IngestError(f"--labels {self.cfg.labels} differs from the labels of {self.out}")
+            return list(existing["labels"])
+        return names
+
+    def _read_list(self, labels: list[str] | None):
+        stream, base = open_list(self.cfg.list)
+        with stream:
+            parsed = parse_list(stream, base, labels, name=self.cfg.list)
+        if labels is not None and parsed.items and len(parsed.items[0].labels) != len(labels):
+            raise IngestError(f"{self.cfg.list}: lines carry {len(parsed.items[0].labels)} labels but "
+                              f"{len(labels)} label names are set")
+        return parsed
+
+    def _drop_known_ids(self, items: list[Item], existing: dict[str, Any]) -> tuple[list[Item], list[Failure]]:
+        known = {row[0] for row in _committed_index(self.out, existing)}
+        keep, dupes = [], []
+        for it in items:
+            if it.id in known:
+                dupes.append(Failure(it.id, it.source, f"duplicate id: line {it.line}: id '{it.id}' is already "
+                                                       f"in {self.out}", it.line))
+            else:
+                keep.append(it)
+        return keep, dupes
+
+    def _part_tag(self, existing: dict[str, Any] | None) -> str:
+        if existing is None or not self.cfg.append:
+            return ""
+        return f"a{len(existing.get('parts', [])):02d}"
+
+    def _claim_partial(self, fp: str) -> None:
+        """Start or resume: `.partial/plan.json` names the command whose shards are in progress."""
+        plan_file = self.partial / "plan.json"
+        if plan_file.is_file():
+            old = json.loads(plan_file.read_text(encoding="utf-8"))
+            if old.get("fingerprint") == fp:
+                print(f"resuming the unfinished run in {self.out}")
+                return
+            if not self.cfg.overwrite:
+                raise IngestError(
+                    f"{self.out} holds an unfinished run of another command:\n  {old.get('command')}\n"
+                    f"rerun that command to finish it, or add --overwrite to start again")
+            shutil.rmtree(self.partial)
+        elif (self.out / records.MANIFEST).is_file() and not self.cfg.append:
+            raise IngestError(f"{self.out} already holds a dataset made by another command; "
+                              f"use --append to add records or --overwrite to replace it")
+        self.partial.mkdir(parents=True, exist_ok=True)
+        for stale in self.out.glob(".*.tfrecord.tmp"):  # half-written shards of a killed run
+            stale.unlink()
+        records.atomic_write_json(plan_file, {"fingerprint": fp, "command": self.command})
+
+    def _write_shards(self, plans: list[ShardPlan]) -> int:
+        cfg = self.cfg
+        todo = [p for p in plans if self._shard_done(p) is None]
+        n_total = sum(len(p.items) for p in plans)
+        n_todo = sum(len(p.items) for p in todo)
+        fetcher = Fetcher(FetchSettings(timeout=cfg.timeout, connect_timeout=cfg.connect_timeout,
+                                        retries=cfg.retries, max_bytes=cfg.max_bytes, min_bytes=cfg.min_bytes,
+                                        pool_size=cfg.workers), cfg.cache)
+        n_labels = len(plans[0].items[0].labels) if plans and plans[0].items else 0
+        failed = 0
+        bar = tqdm(total=n_total, initial=n_total - n_todo, unit="img", desc="ingest", dynamic_ncols=True,
+                   smoothing=0.05)
+        results = ordered_map(make_worker(cfg, fetcher), (it for p in todo for it in p.items),
+                              workers=cfg.workers, window=cfg.workers * 4)
+        try:
+            for plan in todo:
+                writer = records.ShardWriter(self.out, plan.name, n_labels)
+                fails: list[dict[str, Any]] = []
+                index: list[list[str]] = []
+                try:
+                    for _ in plan.items:
+                        item, example, failure = next(results)
+                        if failure is not None:
+                            fails.append(asdict(failure))
+                            failed += 1
+                            tqdm.write(f"skipped line {item.line} ({item.id}): {failure.reason}", file=sys.stderr)
+                        else:
+                            writer.write(example, item.labels)
+                            index.append([item.id, plan.split, plan.name, item.source,
+                                          "".join(map(str, item.labels))])
+                        bar.update(1)
+                        bar.set_postfix(failed=failed, refresh=False)
+                    result = writer.close()
+                except BaseException:
+                    writer.abort()
+                    raise
+                records.atomic_write_json(self._state_path(plan), {**asdict(result), "split": plan.split,
+                                                                   "failures": fails, "index": index})
+        finally:
+            results.close()
+            bar.close()
+            fetcher.close()
+        return n_todo
+
+    def _written_labels(self, states: list[dict[str, Any]]) -> np.ndarray:
+        rows = [[int(c) for c in r[4]] for s in states for r in s["index"]]
+        return np.array(rows, dtype=int)
+
+    def _finalize(self, existing, labels, plans, states, line_failures, fp, part) -> dict[str, Any]:
+        """failures.csv and index.csv first, dataset.json last (its presence means complete)."""
+        cfg = self.cfg
+        # Only rows the previous manifest vouches for: a kill between the CSV writes and the
+        # manifest's must not count this run's rows twice on the rerun.
+        old_fail = reports.read_csv_rows(self.out / records.FAILURES)[:existing["failures"]] if existing else []
+        old_index = _committed_index(self.out, existing) if existing else []
+        now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        manifest = existing or {
+            "schema_version": records.SCHEMA_VERSION, "labels": labels, "num_classes": len(labels),
+            "image_size": cfg.image_size, "resize": cfg.resize, "quality": cfg.quality, "format": "jpeg",
+            "features": {"image": records.F_IMAGE, "id": records.F_ID, "source": records.F_SOURCE,
+                         "height": records.F_HEIGHT, "width": records.F_WIDTH, "labels": records.F_LABELS},
+            "splits": {s: {"records": 0, "positives": [0] * len(labels), "shards": []} for s in records.SPLITS},
+            "failures": 0, "created": now, "commands": [], "parts": [], "config": cfg.to_dict(),
+        }
+        new_failures = line_failures + [Failure(**f) for s in states for f in s["failures"]]
+        for plan, st in zip(plans, states):
+            sp = manifest["splits"][plan.split]
+            sp["records"] += st["records"]
+            sp["positives"] = [a + b for a, b in zip(sp["positives"], st["positives"])]
+            sp["shards"].append({k: st[k] for k in ("name", "records", "sha256", "bytes")})
+        manifest["failures"] += len(new_failures)
+        kinds = Counter(manifest.get("failures_by_kind", {}))
+        kinds.update(f.kind for f in new_failures)
+        manifest["failures_by_kind"] = dict(kinds.most_common())
+        manifest["records"] = sum(manifest["splits"][s]["records"] for s in records.SPLITS)
+        manifest["updated"] = now
+        manifest["commands"].append(self.command)
+        manifest["parts"].append({"tag": part, "fingerprint": fp, "command": self.command,
+                                  "records": sum(s["records"] for s in states), "failures": len(new_failures)})
+
+        records.atomic_write_text(self.out / records.FAILURES, records.csv_text(
+            ["id", "source", "reason"], old_fail + [[f.id, f.source, f.reason] for f in new_failures]))
+        records.atomic_write_text(self.out / records.INDEX, records.csv_text(
+            ["id", "split", "shard", "source", "labels"],
+            old_index + [r for s in states for r in s["index"]]))
+        records.atomic_write_json(self.out / records.MANIFEST, manifest)
+        shutil.rmtree(self.partial, ignore_errors=True)
+        return manifest
+
+
+def _committed_index(out: Path, manifest: dict[str, Any]) -> list[list[str]]:
+    """index.csv rows whose shard the manifest lists."""
+    shards = {sh["name"] for sp in manifest["splits"].values() for sh in sp["shards"]}
+    return [r for r in reports.read_csv_rows(out / records.INDEX) if len(r) > 2 and r[2] in shards]
+
+
+# --------------------------------------------------------------------------- verification
+
+def verify(folder: str | Path) -> int:
+    """Re-read every shard (CRC), decode every image, check counts and hashes against the manifest."""
+    import cv2
+
+    folder = Path(folder)
+    try:
+        manifest = records.load_manifest(folder)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_FATAL
+    problems: list[str] = []
+    n_labels = manifest["num_classes"]
+    ids: Counter[str] = Counter()
+    total = manifest.get("records", sum(s["records"] for s in manifest["splits"].values()))
+    bar = tqdm(total=total, unit="rec", desc="verify", dynamic_ncols=True)
+    for split, info in manifest["splits"].items():
+        positives = [0] * n_labels
+        count = 0
+        for shard in info["shards"]:
+            path = folder / shard["name"]
+            if not path.is_file():
+                problems.append(f"{shard['name']}: missing")
+                continue
+            digest = records.sha256_file(path)
+            if digest != shard["sha256"]:
+                problems.append(f"{shard['name']}: sha256 {digest[:12]}… does not match the manifest "
+                                f"({shard['sha256'][:12]}…)")
+            n = 0
+            try:
+                for rec in records.iter_records([path], n_labels):
+                    n += 1
+                    bar.update(1)
+                    ids[rec["id"]] += 1
+                    if len(rec["labels"]) != n_labels:
+                        problems.append(f"{shard['name']}: record {n} ({rec['id']}) has {len(rec['labels'])} "
+                                        f"labels, expected {n_labels}")
+                    positives = [a + b for a, b in zip(positives, rec["labels"])]
+                    img = cv2.imdecode(np.frombuffer(rec["image"], np.uint8), cv2.IMREAD_COLOR)
+                    if img is None:
+                        problems.append(f"{shard['name']}: record {n} ({rec['id']}): image does not decode")
+            except Exception as e:  # tf raises DataLossError on a CRC mismatch or truncation
+                problems.append(f"{shard['name']}: unreadable after record {n}: {type(e).__name__}: "
+                                f"{str(e).splitlines()[0][:200]}")
+            if n != shard["records"]:
+                problems.append(f"{shard['name']}: {n} records, manifest says {shard['records']}")
+            count += n
+        if count != info["records"]:
+            problems.append(f"{split}: {count} records, manifest says {info['records']}")
+        if positives != info["positives"]:
+            problems.append(f"{split}: positives per class {positives} differ from the manifest {info['positives']}")
+    bar.close()
+    dupes = [i for i, c in ids.items() if c > 1]
+    if dupes:
+        problems.append(f"{len(dupes)} id(s) appear more than once, e.g. {dupes[:3]}")
+    for p in problems:
+        print(f"error: {p}", file=sys.stderr)
+    shards = sum(len(s["shards"]) for s in manifest["splits"].values())
+    if problems:
+        print(f"{folder}: {len(problems)} problem(s) in {shards} shard(s)")
+        return EXIT_FAILURES
+    print(f"{folder}: OK — {sum(ids.values())} records in {shards} shard(s), every CRC, image, count and "
+          f"hash checked")
+    return EXIT_OK
+
+
+def command_line(argv: list[str]) -> str:
+    return " ".join(shlex.quote(a) for a in ["python", "generate_dataset.py", *argv])

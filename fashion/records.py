@@ -1,0 +1,220 @@
+"""The record format and the dataset manifest: the contract every later stage reads.
+
+A dataset folder holds
+  train-00000-of-000NN.tfrecord ... val-00000-of-000MM.tfrecord
+  dataset.json   labels, schema version, image size, per split: records,
+                 positives per class, shards (name, records, sha256, bytes)
+  failures.csv   id,source,reason for every line not written
+  index.csv      id,split,shard,source for every record written
+
+Shards are written under a temporary name and renamed when complete; the
+manifest is written last, so a folder with a dataset.json is complete.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+import numpy as np
+
+SCHEMA_VERSION = 1
+MANIFEST = "dataset.json"
+FAILURES = "failures.csv"
+INDEX = "index.csv"
+SPLITS = ("train", "val")
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+# Feature keys of our records (schema 1).
+F_IMAGE, F_FORMAT, F_ID, F_SOURCE = "image/encoded", "image/format", "image/id", "image/source"
+F_HEIGHT, F_WIDTH, F_LABELS = "image/height", "image/width", "labels"
+# The original project's records: raw or encoded `image`, one int64 `label_i` per class.
+LEGACY_IMAGE, LEGACY_LABEL = "image", "label_{}"
+
+
+def load_tensorflow():
+    """Import TensorFlow on first use: list parsing and --help stay fast."""
+    import tensorflow as tf
+    return tf
+
+
+_tf = load_tensorflow
+
+
+def shard_name(split: str, index: int, total: int, part: str = "") -> str:
+    """`train-00003-of-00008.tfrecord`; appended parts add a tag: `train-a01-00000-of-00001.tfrecord`."""
+    tag = f"-{part}" if part else ""
+    return f"{split}{tag}-{index:05d}-of-{total:05d}.tfrecord"
+
+
+def make_example(image: bytes, *, id: str, source: str, height: int, width: int,
+                 labels: Iterable[int]) -> bytes:
+    """Serialize one image and its multi-hot labels as a `tf.train.Example`."""
+    tf = _tf()
+    feat = tf.train.Feature
+
+    def b(v: bytes) -> Any:
+        return feat(bytes_list=tf.train.BytesList(value=[v]))
+
+    def i(v: Iterable[int]) -> Any:
+        return feat(int64_list=tf.train.Int64List(value=list(v)))
+
+    ex = tf.train.Example(features=tf.train.Features(feature={
+        F_IMAGE: b(image), F_FORMAT: b(b"jpeg"), F_ID: b(id.encode("utf-8")),
+        F_SOURCE: b(source.encode("utf-8")), F_HEIGHT: i([height]), F_WIDTH: i([width]),
+        F_LABELS: i(labels),
+    }))
+    return ex.SerializeToString()
+
+
+def sha256_file(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write via a temporary file in the same folder, then rename (never a truncated file)."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the usual permissions
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_json(path: str | Path, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2) + "\n")
+
+
+def csv_text(header: list[str], rows: Iterable[Iterable[Any]]) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(header)
+    w.writerows(rows)
+    return buf.getvalue()
+
+
+@dataclass
+class ShardResult:
+    name: str
+    records: int = 0
+    sha256: str = ""
+    bytes: int = 0
+    positives: list[int] = field(default_factory=list)
+
+
+class ShardWriter:
+    """Writes one shard to `.name.tmp`, renames to `name` on `close()`; `abort()` removes the temp file."""
+
+    def __init__(self, folder: Path, name: str, n_labels: int):
+        self.path = folder / name
+        self.tmp = folder / f".{name}.tmp"
+        self.result = ShardResult(name, positives=[0] * n_labels)
+        self._w = _tf().io.TFRecordWriter(str(self.tmp))
+
+    def write(self, serialized: bytes, labels: Iterable[int]) -> None:
+        self._w.write(serialized)
+        self.result.records += 1
+        for k, v in enumerate(labels):
+            self.result.positives[k] += int(v)
+
+    def close(self) -> ShardResult:
+        self._w.close()
+        with open(self.tmp, "rb") as f:
+            os.fsync(f.fileno())
+        self.result.sha256 = sha256_file(self.tmp)
+        self.result.bytes = self.tmp.stat().st_size
+        os.replace(self.tmp, self.path)
+        return self.result
+
+    def abort(self) -> None:
+        try:
+            self._w.close()
+        finally:
+            self.tmp.unlink(missing_ok=True)
+
+
+# --------------------------------------------------------------------------- manifest
+
+def load_manifest(folder: str | Path) -> dict[str, Any]:
+    path = Path(folder) / MANIFEST
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no dataset manifest (run generate_dataset.py first)")
+    with open(path, encoding="utf-8") as f:
+        manifest = json.load(f)
+    if manifest.get("schema_version", 0) > SCHEMA_VERSION:
+        raise ValueError(f"{path}: schema version {manifest['schema_version']} is newer than this "
+                         f"tool's ({SCHEMA_VERSION}); update fashion")
+    return manifest
+
+
+def shard_paths(folder: str | Path, split: str) -> list[Path]:
+    """Shards of a split: from the manifest when there is one, else by file name."""
+    folder = Path(folder)
+    if (folder / MANIFEST).is_file():
+        manifest = load_manifest(folder)
+        return [folder / s["name"] for s in manifest["splits"].get(split, {}).get("shards", [])]
+    return sorted(folder.glob(f"{split}-*.tfrecord")) + sorted(folder.glob(f"{split}*.tfrecords"))
+
+
+# --------------------------------------------------------------------------- reading
+
+def parse_example(serialized: bytes, n_labels: int | None = None) -> dict[str, Any]:
+    """Parse one record, ours or the original project's, into plain Python values.
+
+    Returns a dict with `image` (encoded bytes, or an HxWx3 uint8 array for
+    legacy raw records), `id`, `source`, `labels` (list of ints).
+    """
+    tf = _tf()
+    ex = tf.train.Example.FromString(serialized)
+    f = ex.features.feature
+    if F_IMAGE in f:
+        return {"image": f[F_IMAGE].bytes_list.value[0],
+                "id": f[F_ID].bytes_list.value[0].decode("utf-8") if F_ID in f else "",
+                "source": f[F_SOURCE].bytes_list.value[0].decode("utf-8") if F_SOURCE in f else "",
+                "labels": list(f[F_LABELS].int64_list.value)}
+    if LEGACY_IMAGE in f:
+        keys = sorted((k for k in f if k.startswith("label_")), key=lambda k: int(k.split("_")[1]))
+        n = n_labels if n_labels is not None else len(keys)
+        labels = [int(f[LEGACY_LABEL.format(i)].int64_list.value[0]) if LEGACY_LABEL.format(i) in f else 0
+                  for i in range(n)]
+        return {"image": legacy_image(f[LEGACY_IMAGE].bytes_list.value[0]), "id": "", "source": "",
+                "labels": labels}
+    raise ValueError(f"record has neither '{F_IMAGE}' nor legacy '{LEGACY_IMAGE}' feature: "
+                     f"{sorted(f.keys())}")
+
+
+def legacy_image(data: bytes) -> bytes | np.ndarray:
+    """The original generator stored either encoded bytes or a raw square RGB array."""
+    from .imaging import sniff
+    if sniff(data):
+        return data
+    side = int(round((len(data) / 3) ** 0.5))
+    if side * side * 3 != len(data):
+        raise ValueError(f"legacy record image is neither encoded nor a raw square RGB array ({len(data)} bytes)")
+    return np.frombuffer(data, np.uint8).reshape(side, side, 3)
+
+
+def iter_records(paths: Iterable[str | Path], n_labels: int | None = None) -> Iterator[dict[str, Any]]:
+    """Every record of the given shards in order; raises on a CRC or framing error."""
+    tf = _tf()
+    for path in paths:
+        for raw in tf.data.TFRecordDataset(str(path)).as_numpy_iterator():
+            yield parse_example(raw, n_labels)
