@@ -1,0 +1,145 @@
+"""Shared fixtures: a real HTTP server on 127.0.0.1 serving real photos and awkward cases."""
+
+from __future__ import annotations
+
+import io
+import sys
+import threading
+import time
+from collections import Counter
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLE = ROOT / "data" / "sample"
+sys.path.insert(0, str(ROOT))
+
+
+def sample_lines() -> list[list[str]]:
+    return [ln.strip().split(",") for ln in (SAMPLE / "train+val.txt").read_text().splitlines() if ln.strip()]
+
+
+def photo_bytes(i: int = 0) -> bytes:
+    return (SAMPLE / sample_lines()[i][1]).read_bytes()
+
+
+def _encode(im: Image.Image, fmt: str, **kw) -> bytes:
+    buf = io.BytesIO()
+    im.save(buf, fmt, **kw)
+    return buf.getvalue()
+
+
+def awkward_files() -> dict[str, bytes]:
+    """Variants of one real photo (portrait, 256 px wide) in the modes the ingester must handle."""
+    im = Image.open(io.BytesIO(photo_bytes(0))).convert("RGB")
+    rgba = im.convert("RGBA")
+    alpha = np.full((im.height, im.width), 255, np.uint8)
+    alpha[: im.height // 4] = 0  # top quarter fully transparent -> must come out white
+    rgba.putalpha(Image.fromarray(alpha))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90° clockwise to display"
+    grey16 = Image.fromarray((np.asarray(im.convert("L")).astype(np.uint16) * 257))
+    full = photo_bytes(0)
+    return {
+        "rgba.png": _encode(rgba, "PNG"),
+        "palette.png": _encode(im.convert("P", palette=Image.ADAPTIVE), "PNG"),
+        "grey.png": _encode(im.convert("L"), "PNG"),
+        "grey16.png": _encode(grey16, "PNG"),
+        "cmyk.jpg": _encode(im.convert("CMYK"), "JPEG", quality=90),
+        "exif6.jpg": _encode(im, "JPEG", quality=90, exif=exif.tobytes()),
+        "truncated.jpg": full[: len(full) // 2],
+        "tiny.jpg": _encode(im.resize((24, 36)), "JPEG", quality=80),  # < 5 KB
+        "bomb.png": _encode(Image.new("L", (3000, 2000), 255), "PNG"),  # 6 MP, a few KB
+    }
+
+
+class Server:
+    """Routes: /photos/<file> real photos; /files/<name> awkward variants; /status/<code>;
+    /flaky/<file> 500 then 200; /slow (sleeps); /page.jpg an HTML page; /zero; /huge (streamed, no length);
+    /huge-declared (Content-Length); /delay/<file> photos after `delay` seconds."""
+
+    def __init__(self):
+        self.hits: Counter[str] = Counter()
+        self.files = awkward_files()
+        self.delay = 0.0
+        self.slow_seconds = 3.0
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):  # keep test output clean
+                pass
+
+            def send(self, code: int, body: bytes, ctype: str = "image/jpeg", length: bool = True):
+                self.send_response(code)
+                self.send_header("Content-Type", ctype)
+                if length:
+                    self.send_header("Content-Length", str(len(body)))
+                else:
+                    self.send_header("Connection", "close")
+                self.end_headers()
+                try:
+                    self.wfile.write(body)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass
+
+            def do_GET(self):
+                path = self.path.split("?")[0]
+                server.hits[path] += 1
+                parts = path.strip("/").split("/", 1)
+                head, rest = parts[0], parts[1] if len(parts) > 1 else ""
+                if head == "photos" and (SAMPLE / "photos" / rest).is_file():
+                    return self.send(200, (SAMPLE / "photos" / rest).read_bytes())
+                if head == "delay" and (SAMPLE / "photos" / rest).is_file():
+                    time.sleep(server.delay)
+                    return self.send(200, (SAMPLE / "photos" / rest).read_bytes())
+                if head == "files" and rest in server.files:
+                    return self.send(200, server.files[rest], "application/octet-stream")
+                if head == "status":
+                    return self.send(int(rest), b"error", "text/plain")
+                if head == "flaky":
+                    if server.hits[path] == 1:
+                        return self.send(500, b"try again", "text/plain")
+                    return self.send(200, (SAMPLE / "photos" / rest).read_bytes())
+                if head == "slow":
+                    time.sleep(server.slow_seconds)
+                    return self.send(200, photo_bytes(1))
+                if head == "page.jpg":  # lies about its type: must be recognised by its bytes
+                    return self.send(200, b"<!DOCTYPE html><html><body>" + b"x" * 8000 + b"</body></html>")
+                if head == "zero":
+                    return self.send(200, b"")
+                if head == "huge":  # 3 MB streamed without Content-Length
+                    self.send_response(200)
+                    self.send_header("Content-Type", "image/jpeg")
+                    self.send_header("Connection", "close")
+                    self.end_headers()
+                    try:
+                        self.wfile.write(b"\xff\xd8\xff" + b"\0" * (3 * 1024 * 1024))
+                    except (BrokenPipeError, ConnectionResetError):
+                        pass
+                    return
+                if head == "huge-declared":
+                    return self.send(200, b"\xff\xd8\xff" + b"\0" * (3 * 1024 * 1024))
+                return self.send(404, b"not found", "text/plain")
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture()
+def server():
+    s = Server()
+    yield s
+    s.close()
