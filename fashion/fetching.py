@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,6 +61,7 @@ class Fetcher:
             self.cache_dir.mkdir(parents=True, exist_ok=True)
         self.downloads = 0  # network fetches (not cache hits); read by tests and the summary
         self._lock = threading.Lock()
+        self._dirs: set[Path] = set()
 
     def close(self) -> None:
         self.session.close()
@@ -94,16 +94,34 @@ class Fetcher:
 
     def _fetch_url(self, url: str) -> bytes:
         cached = self.cache_path(url)
-        if cached is not None and cached.exists():
-            return cached.read_bytes()
+        if cached is not None:
+            try:
+                with open(cached, "rb") as f:
+                    return f.read()
+            except FileNotFoundError:
+                pass
         data = self._download(url)
         # Tiny bodies are error placeholders from image hosts (the original Caffe
         # project dropped files under 5 KB); local files are the user's own and are kept.
         if len(data) < self.s.min_bytes:
             raise FetchError(f"too small: {len(data)} bytes < --min-bytes {self.s.min_bytes}")
         if cached is not None:
-            _atomic_write(cached, data)
+            self._cache_write(cached, data)
         return data
+
+    def _cache_write(self, path: Path, data: bytes) -> None:
+        """Temp name + rename: a kill mid-write never leaves a partial file under the final name."""
+        if path.parent not in self._dirs:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._dirs.add(path.parent)
+        tmp = path.with_name(f".{path.name}.{threading.get_ident()}.tmp")
+        try:
+            with open(tmp, "wb") as f:
+                f.write(data)
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
 
     def _download(self, url: str) -> bytes:
         timeout = (self.s.connect_timeout, self.s.timeout)
@@ -140,14 +158,3 @@ def _short(e: Exception, n: int = 160) -> str:
     text = str(e).replace("\n", " ")
     return text if len(text) <= n else text[: n - 3] + "..."
 
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

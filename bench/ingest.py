@@ -1,0 +1,214 @@
+#!/usr/bin/env python
+"""Ingestion benchmark: ours vs the original generator's way vs the local OpenCV limit, side by side.
+
+Run:   .venv/bin/python bench/ingest.py            (about 3-4 minutes on 2 cores)
+       .venv/bin/python bench/ingest.py --quick    (smaller lists, under a minute)
+
+A local HTTP server (its own process, 127.0.0.1 only) serves real 550x825 street
+photos from ../shared/data/ccp-dev (or data/sample when that is absent) with a
+configurable per-request latency. Every figure is a *marginal* rate: two list
+sizes are timed and (n2 - n1) / (t2 - t1) is reported, so process start-up and
+TensorFlow import cancel out. Each run gets fresh URLs (no cache hits).
+
+  (a) ours: `generate_dataset.py LIST` end to end (download, decode, resize, encode, TFRecord)
+  (b) reference: what the original generator did, one image at a time:
+      skimage.io.imread(url), skimage.transform.resize to a square, PIL JPEG encode, TFRecord write
+  (c) local limit: OpenCV decode + short side 256 + center crop + encode of the same files
+      on all cores, no network, nothing written
+  memory: peak RSS of (a) for two list sizes (flat = streaming)
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import multiprocessing as mp
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from datetime import date
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "data" / "ccp-dev" / "photos"
+SAMPLE = ROOT / "data" / "sample" / "photos"
+LABELS = "," + ",".join(["0"] * 12 + ["1"])
+
+
+def photo_dir() -> Path:
+    return SHARED if SHARED.is_dir() and len(list(SHARED.glob("*.jpg"))) >= 400 else SAMPLE
+
+
+# --------------------------------------------------------------------------- server process
+
+def serve(folder: str, latency: mp.Value, port: mp.Value, ready: mp.Event) -> None:
+    files = {p.name: p.read_bytes() for p in Path(folder).glob("*.jpg")}
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+        disable_nagle_algorithm = True  # headers and body go out in two writes: no 40 ms ACK stalls
+
+        def log_message(self, *a):
+            pass
+
+        def do_GET(self):
+            name = self.path.split("?")[0].rsplit("/", 1)[-1]
+            body = files.get(name)
+            if latency.value:
+                time.sleep(latency.value)
+            self.send_response(200 if body else 404)
+            self.send_header("Content-Type", "image/jpeg")
+            self.send_header("Content-Length", str(len(body or b"")))
+            self.end_headers()
+            self.wfile.write(body or b"")
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    httpd.daemon_threads = True
+    port.value = httpd.server_address[1]
+    ready.set()
+    httpd.serve_forever()
+
+
+# --------------------------------------------------------------------------- workloads
+
+_RUN = [0]
+
+
+def make_list(tmp: Path, base_url: str, names: list[str], n: int, tag: str) -> Path:
+    _RUN[0] += 1
+    path = tmp / f"{tag}-{_RUN[0]}-{n}.txt"
+    path.write_text("".join(f"{i:06d},{base_url}/{names[i % len(names)]}?r={_RUN[0]}-{i}{LABELS}\n"
+                            for i in range(n)))
+    return path
+
+
+def run_child(cmd: list[str]) -> tuple[float, int]:
+    """Wall seconds and peak RSS (MiB) of one child process."""
+    t = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=ROOT)
+    err = proc.stderr.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    dt = time.perf_counter() - t
+    code = os.waitstatus_to_exitcode(status)
+    if code not in (0,):
+        sys.exit(f"child failed ({code}): {' '.join(cmd[:3])}...\n{err.decode()[-2000:]}")
+    return dt, usage.ru_maxrss // 1024
+
+
+def ours(lst: Path, tmp: Path) -> tuple[float, int]:
+    out = tempfile.mkdtemp(dir=tmp)
+    return run_child([sys.executable, "generate_dataset.py", str(lst), "--out", out, "--cache", out + "/cache",
+                      "--image-size", "256", "--shard-size", "1024"])
+
+
+def reference(lst: Path, tmp: Path) -> tuple[float, int]:
+    out = tempfile.mkdtemp(dir=tmp)
+    return run_child([sys.executable, __file__, "--as-reference", str(lst), out])
+
+
+def local_limit(lst: Path, tmp: Path) -> tuple[float, int]:
+    return run_child([sys.executable, __file__, "--as-local", str(lst)])
+
+
+def reference_main(lst: str, out: str) -> None:
+    """The original generator's per-image path, one image at a time."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import numpy as np
+    import skimage.io
+    import skimage.transform
+    import tensorflow as tf
+    from PIL import Image
+
+    with tf.io.TFRecordWriter(os.path.join(out, "ref.tfrecord")) as w:
+        for line in Path(lst).read_text().splitlines():
+            parts = line.split(",")
+            img = skimage.io.imread(parts[1])
+            img = (skimage.transform.resize(img, (256, 256)) * 255).astype(np.uint8)
+            buf = io.BytesIO()
+            Image.fromarray(img).save(buf, "JPEG", quality=95)
+            feats = {"image": tf.train.Feature(bytes_list=tf.train.BytesList(value=[buf.getvalue()]))}
+            for k, v in enumerate(parts[2:]):
+                feats[f"label_{k}"] = tf.train.Feature(int64_list=tf.train.Int64List(value=[int(v)]))
+            w.write(tf.train.Example(features=tf.train.Features(feature=feats)).SerializeToString())
+
+
+def _local_one(path: str) -> int:
+    import cv2
+
+    cv2.setNumThreads(1)
+    img = cv2.imread(path)
+    h, w = img.shape[:2]
+    s = 256 / min(h, w)
+    img = cv2.resize(img, (max(256, round(w * s)), max(256, round(h * s))), interpolation=cv2.INTER_AREA)
+    t, l = (img.shape[0] - 256) // 2, (img.shape[1] - 256) // 2
+    ok, buf = cv2.imencode(".jpg", img[t:t + 256, l:l + 256], [cv2.IMWRITE_JPEG_QUALITY, 95])
+    return len(buf)
+
+
+def local_main(lst: str) -> None:
+    folder = photo_dir()
+    names = [ln.split(",")[1].split("?")[0].rsplit("/", 1)[-1] for ln in Path(lst).read_text().splitlines()]
+    with mp.Pool(os.cpu_count()) as pool:
+        pool.map(_local_one, [str(folder / n) for n in names], chunksize=8)
+
+
+# --------------------------------------------------------------------------- driver
+
+def marginal(fn, tmp: Path, base: str, names: list[str], n1: int, n2: int, tag: str) -> float:
+    t1, _ = fn(make_list(tmp, base, names, n1, tag), tmp)
+    t2, _ = fn(make_list(tmp, base, names, n2, tag), tmp)
+    return (n2 - n1) / max(t2 - t1, 1e-9)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="smaller lists (a rough figure in under a minute)")
+    ap.add_argument("--latency", type=float, default=0.05, help="per-request latency for (a) vs (b), seconds")
+    ap.add_argument("--memory", default="2000,20000", help="two list sizes for the peak-RSS check ('' to skip)")
+    ap.add_argument("--as-reference", nargs=2, help=argparse.SUPPRESS)
+    ap.add_argument("--as-local", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.as_reference:
+        return reference_main(*args.as_reference)
+    if args.as_local:
+        return local_main(args.as_local)
+
+    folder = photo_dir()
+    names = sorted(p.name for p in folder.glob("*.jpg"))
+    latency, port, ready = mp.Value("d", 0.0), mp.Value("i", 0), mp.Event()
+    server = mp.Process(target=serve, args=(str(folder), latency, port, ready), daemon=True)
+    server.start()
+    ready.wait(30)
+    base = f"http://127.0.0.1:{port.value}"
+    big = 200 if args.quick else 600
+    small = 50 if args.quick else 200
+    ref_n = (10, 30) if args.quick else (40, 120)
+    print(f"photos: {len(names)} from {folder} ; cores: {os.cpu_count()} ; date: {date.today()}")
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="bench-ingest-") as tmpd:
+        tmp = Path(tmpd)
+        latency.value = args.latency
+        a50 = marginal(ours, tmp, base, names, small, big, "a50")
+        b50 = marginal(reference, tmp, base, names, *ref_n, "b50")
+        rows.append((f"{args.latency * 1000:.0f} ms", a50, b50, a50 / b50, "target >= 15x"))
+        latency.value = 0.0
+        a0 = marginal(ours, tmp, base, names, small, big, "a0")
+        c0 = marginal(local_limit, tmp, base, names, small, big, "c0")
+        print(f"\n{'latency':>8} {'ours img/s':>11} {'ref img/s':>10} {'ratio':>8}")
+        for lat, a, b, r, note in rows:
+            print(f"{lat:>8} {a:11.1f} {b:10.1f} {r:7.1f}x  ({note})")
+        print(f"\n0 ms: ours {a0:.1f} img/s vs local OpenCV limit {c0:.1f} img/s = {a0 / c0:.0%} (target >= 70%)")
+        if args.memory:
+            n1, n2 = (int(x) for x in args.memory.split(","))
+            _, m1 = ours(make_list(tmp, base, names, n1, "m"), tmp)
+            _, m2 = ours(make_list(tmp, base, names, n2, "m"), tmp)
+            print(f"peak RSS: {n1} images {m1} MiB, {n2} images {m2} MiB (ratio {m2 / m1:.2f}; flat = streaming)")
+    server.terminate()
+
+
+if __name__ == "__main__":
+    main()
