@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
-from dataclasses import dataclass
 from pathlib import Path
 
 import requests
@@ -26,23 +25,12 @@ class FetchError(Exception):
     """A download or read that failed; `str(e)` is `kind: detail` for failures.csv."""
 
 
-@dataclass
-class FetchSettings:
-    timeout: float = 10.0
-    connect_timeout: float = 5.0
-    retries: int = 3
-    max_bytes: int = 20 * 1024 * 1024
-    min_bytes: int = 5 * 1024
-    pool_size: int = 16
-    backoff: float = 0.5
-
-
-def make_session(s: FetchSettings) -> requests.Session:
+def make_session(retries: int = 3, pool_size: int = 16, backoff: float = 0.5) -> requests.Session:
     """A pooled session that retries connection errors, read timeouts and 429/5xx with backoff."""
-    retry = Retry(total=s.retries, connect=s.retries, read=s.retries, status=s.retries,
-                  backoff_factor=s.backoff, status_forcelist=RETRY_STATUS, allowed_methods=("GET",),
-                  respect_retry_after_header=True, raise_on_status=False)
-    adapter = HTTPAdapter(pool_connections=s.pool_size, pool_maxsize=s.pool_size, max_retries=retry)
+    retry = Retry(total=retries, connect=retries, read=retries, status=retries, backoff_factor=backoff,
+                  status_forcelist=RETRY_STATUS, allowed_methods=("GET",), respect_retry_after_header=True,
+                  raise_on_status=False)
+    adapter = HTTPAdapter(pool_connections=pool_size, pool_maxsize=pool_size, max_retries=retry)
     session = requests.Session()
     session.mount("http://", adapter)
     session.mount("https://", adapter)
@@ -53,9 +41,12 @@ def make_session(s: FetchSettings) -> requests.Session:
 class Fetcher:
     """Thread-safe byte source for items: local reads, cached HTTP downloads."""
 
-    def __init__(self, settings: FetchSettings, cache_dir: str | None = None):
-        self.s = settings
-        self.session = make_session(settings)
+    def __init__(self, *, timeout: float = 10.0, connect_timeout: float = 5.0, retries: int = 3,
+                 max_bytes: int = 20 << 20, min_bytes: int = 5 << 10, pool_size: int = 16,
+                 cache_dir: str | None = None):
+        self.timeout, self.connect_timeout = timeout, connect_timeout
+        self.max_bytes, self.min_bytes = max_bytes, min_bytes
+        self.session = make_session(retries, pool_size)
         self.cache_dir = Path(cache_dir) if cache_dir else None
         if self.cache_dir:
             self.cache_dir.mkdir(parents=True, exist_ok=True)
@@ -84,8 +75,8 @@ class Fetcher:
             raise FetchError(f"missing file: {path}") from None
         except OSError as e:
             raise FetchError(f"unreadable file: {path}: {e.strerror}") from None
-        if size > self.s.max_bytes:
-            raise FetchError(f"too large: {size} bytes > --max-bytes {self.s.max_bytes}")
+        if size > self.max_bytes:
+            raise FetchError(f"too large: {size} bytes > --max-bytes {self.max_bytes}")
         try:
             with open(path, "rb") as f:
                 return f.read()
@@ -103,8 +94,8 @@ class Fetcher:
         data = self._download(url)
         # Tiny bodies are error placeholders from image hosts (the original Caffe
         # project dropped files under 5 KB); local files are the user's own and are kept.
-        if len(data) < self.s.min_bytes:
-            raise FetchError(f"too small: {len(data)} bytes < --min-bytes {self.s.min_bytes}")
+        if len(data) < self.min_bytes:
+            raise FetchError(f"too small: {len(data)} bytes < --min-bytes {self.min_bytes}")
         if cached is not None:
             self._cache_write(cached, data)
         return data
@@ -124,7 +115,7 @@ class Fetcher:
             raise
 
     def _download(self, url: str) -> bytes:
-        timeout = (self.s.connect_timeout, self.s.timeout)
+        timeout = (self.connect_timeout, self.timeout)
         try:
             with self.session.get(url, stream=True, timeout=timeout) as r:
                 with self._lock:
@@ -132,23 +123,23 @@ class Fetcher:
                 if r.status_code != 200:
                     raise FetchError(f"http {r.status_code}: {r.reason or 'error'}")
                 declared = r.headers.get("Content-Length")
-                if declared and declared.isdigit() and int(declared) > self.s.max_bytes:
-                    raise FetchError(f"too large: Content-Length {declared} > --max-bytes {self.s.max_bytes}")
+                if declared and declared.isdigit() and int(declared) > self.max_bytes:
+                    raise FetchError(f"too large: Content-Length {declared} > --max-bytes {self.max_bytes}")
                 buf = bytearray()
                 for chunk in r.iter_content(CHUNK):
                     buf += chunk
-                    if len(buf) > self.s.max_bytes:  # stop streaming: never hold a huge body
-                        raise FetchError(f"too large: body over --max-bytes {self.s.max_bytes}")
+                    if len(buf) > self.max_bytes:  # stop streaming: never hold a huge body
+                        raise FetchError(f"too large: body over --max-bytes {self.max_bytes}")
                 return bytes(buf)
         except FetchError:
             raise
         except (requests.exceptions.ConnectTimeout, requests.exceptions.ReadTimeout) as e:
-            raise FetchError(f"timeout: no answer within {self.s.timeout:g}s ({type(e).__name__})") from None
+            raise FetchError(f"timeout: no answer within {self.timeout:g}s ({type(e).__name__})") from None
         except requests.exceptions.RetryError as e:
             raise FetchError(f"http error: retries exhausted: {_short(e)}") from None
         except requests.exceptions.ConnectionError as e:
             if "timed out" in str(e).lower() or "timeout" in str(e).lower():
-                raise FetchError(f"timeout: no answer within {self.s.timeout:g}s") from None
+                raise FetchError(f"timeout: no answer within {self.timeout:g}s") from None
             raise FetchError(f"connection error: {_short(e)}") from None
         except requests.exceptions.RequestException as e:
             raise FetchError(f"http error: {_short(e)}") from None

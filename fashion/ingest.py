@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 from . import imaging, records, reports, splits
 from .config import IngestConfig
-from .fetching import FetchError, Fetcher, FetchSettings
+from .fetching import FetchError, Fetcher
 from .sources import Failure, Item, ListError, open_list, parse_list, read_label_names
 
 PARTIAL = ".partial"
@@ -310,9 +310,9 @@ class Ingest:
         todo = [p for p in plans if self._shard_done(p) is None]
         n_total = sum(len(p.items) for p in plans)
         n_todo = sum(len(p.items) for p in todo)
-        fetcher = Fetcher(FetchSettings(timeout=cfg.timeout, connect_timeout=cfg.connect_timeout,
-                                        retries=cfg.retries, max_bytes=cfg.max_bytes, min_bytes=cfg.min_bytes,
-                                        pool_size=cfg.workers), cfg.cache)
+        fetcher = Fetcher(timeout=cfg.timeout, connect_timeout=cfg.connect_timeout, retries=cfg.retries,
+                          max_bytes=cfg.max_bytes, min_bytes=cfg.min_bytes, pool_size=cfg.workers,
+                          cache_dir=cfg.cache)
         n_labels = len(plans[0].items[0].labels) if plans and plans[0].items else 0
         failed = 0
         bar = tqdm(total=n_total, initial=n_total - n_todo, unit="img", desc="ingest", dynamic_ncols=True,

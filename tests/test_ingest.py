@@ -239,3 +239,15 @@ def test_help_states_defaults(capsys):
     text = capsys.readouterr().out
     for needle in ("(default: data/records)", "(default: 256)", "(default: 0.2)", "(default: 95)", "--verify"):
         assert needle in text
+
+
+def test_yaml_config_sits_between_defaults_and_flags(tmp_path):
+    lines = sample_lines()
+    lst = write_list(tmp_path / "a.txt", [f"y{i},{SAMPLE / lines[i][1]},{','.join(lines[i][2:])}" for i in range(5)])
+    cfg = tmp_path / "ingest.yaml"
+    cfg.write_text(f"out: {tmp_path / 'o'}\nimage-size: 40\nquality: 80\nval_fraction: 0.4\n")
+    assert generate_dataset_main([str(lst), "--config", str(cfg), "--image-size", "48"]) == 0
+    m = records.load_manifest(tmp_path / "o")
+    assert m["image_size"] == 48 and m["quality"] == 80 and m["splits"]["val"]["records"] == 2
+    cfg.write_text("imagesize: 40\n")
+    assert generate_dataset_main([str(lst), "--config", str(cfg)]) == 2  # unknown key: refused
