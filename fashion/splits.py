@@ -41,8 +41,20 @@ def split_indices(labels: np.ndarray, *, val_fraction: float = 0.2, val_count: i
         warnings.simplefilter("ignore")
         splitter = MultilabelStratifiedShuffleSplit(n_splits=1, test_size=n_val, random_state=seed)
         train, val = next(splitter.split(np.zeros(n), y))
+    train, val = _exact_size(y, list(train), list(val), n_val)
     train, val = _ensure_both_sides(y, np.sort(train), np.sort(val))
     return train, val
+
+
+def _exact_size(y: np.ndarray, train: list[int], val: list[int], n_val: int) -> tuple[np.ndarray, np.ndarray]:
+    """The stratifier may miss the asked size on small sets; move the rows whose classes can best spare them."""
+    while len(val) != n_val:
+        src, dst = (train, val) if len(val) < n_val else (val, train)
+        left = y[src].sum(0)  # positives per class still on the giving side
+        row = max(src, key=lambda i: min((left[c] for c in np.flatnonzero(y[i])), default=len(src) + 1))
+        src.remove(row)
+        dst.append(row)
+    return np.array(train, dtype=int), np.array(val, dtype=int)
 
 
 def _ensure_both_sides(y: np.ndarray, train: np.ndarray, val: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
