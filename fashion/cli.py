@@ -103,3 +103,91 @@ def _check(cfg: IngestConfig) -> None:
         raise ValueError(f"--val-fraction must be in [0, 1), got {cfg.val_fraction}")
     if cfg.workers < 1 or cfg.shard_size < 1:
         raise ValueError("--workers and --shard-size must be at least 1")
+
+
+def train_parser() -> argparse.ArgumentParser:
+    from .config import TrainConfig as C
+
+    p = argparse.ArgumentParser(
+        prog="train.py",
+        description="Train a DenseNet trunk with one sigmoid head per class on a dataset made by "
+                    "generate_dataset.py; writes model_save/RUN/ (model.keras + meta.json with tuned "
+                    "thresholds) and log/RUN/ (history.csv, TensorBoard, config.yaml, console.log).",
+        epilog="Examples:\n"
+               "  python train.py --weights none --image-size 64 --epochs 4\n"
+               "  python train.py --stages heads:2,all:10:5e-4      # the usual two-stage fine-tune\n"
+               "  python train.py --run myrun --resume              # continue an interrupted run\n"
+               "Exit code: 0 done, 2 bad options or input, 130 interrupted (checkpoint saved).",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", metavar="FILE.yaml", help="YAML file of option: value pairs; flags override it")
+    g = p.add_argument_group("data and run")
+    add_option(g, C, "--data", "dataset folder (dataset.json + shards)", metavar="DIR")
+    add_option(g, C, "--run", "run name: model_save/RUN and log/RUN (default: a timestamp)", metavar="NAME")
+    add_option(g, C, "--resume", "continue run --run where it stopped (stage, epoch, optimiser state)",
+               action="store_true")
+    add_option(g, C, "--model-save", "where bundles go", metavar="DIR")
+    add_option(g, C, "--log", "where logs go", metavar="DIR")
+    add_option(g, C, "--seed", "random seed", type=int)
+    g = p.add_argument_group("model")
+    add_option(g, C, "--backbone", "trunk from keras.applications",
+               choices=("densenet121", "densenet169", "densenet201"))
+    add_option(g, C, "--weights", "imagenet (Keras' notop file from model_save/ or Keras' cache), none, a "
+               ".h5 file, or an earlier bundle folder (reuse its trunk)", metavar="W")
+    add_option(g, C, "--image-size", "input side in pixels (random crops of the stored images)", type=int,
+               metavar="PX")
+    add_option(g, C, "--head-dropout", "dropout before each head's Dense", type=float, metavar="P")
+    g = p.add_argument_group("what trains")
+    add_option(g, C, "--epochs", "epochs when --stages is not given", type=int, metavar="N")
+    add_option(g, C, "--layers", "heads (trunk frozen), all, conv5+, conv4+, conv3+, or a regex over trunk "
+               "layer names", metavar="GROUP")
+    add_option(g, C, "--stages", "staged recipe GROUP:EPOCHS[:LR],... e.g. heads:5,all:20:1e-4", metavar="SPEC")
+    add_option(g, C, "--bn", "trunk BatchNorm: frozen (inference mode), train, auto (train from scratch, "
+               "frozen when pretrained)", choices=("auto", "frozen", "train"))
+    g = p.add_argument_group("optimisation")
+    add_option(g, C, "--optimizer", "sgd = momentum 0.9 + clipnorm 5 (the original)",
+               choices=("sgd", "adam", "adamw"))
+    add_option(g, C, "--lr", "peak learning rate", type=float)
+    add_option(g, C, "--schedule", "learning-rate schedule per stage",
+               choices=("onecycle", "cosine", "plateau", "constant"))
+    add_option(g, C, "--warmup", "warm-up share of the steps (cosine; one-cycle uses at least 0.25)",
+               type=float, metavar="F")
+    add_option(g, C, "--weight-decay", "decoupled weight decay (adamw default 1e-2)", type=float, metavar="WD")
+    add_option(g, C, "--batch-size", "images per step (per replica)", type=int, metavar="N")
+    add_option(g, C, "--accum-steps", "gradient accumulation: K steps act as one K x batch (Caffe iter_size)",
+               type=int, metavar="K")
+    g = p.add_argument_group("imbalance")
+    add_option(g, C, "--head-weights", "each head's share of the loss from training positives: none, original "
+               "(∝ frequency), inverse (N/pos), sqrt, effective (Cui et al. 2019)",
+               choices=("none", "original", "inverse", "sqrt", "effective"))
+    add_option(g, C, "--pos-weight", "inside each head, weight positives by negatives/positives",
+               choices=("auto", "none"))
+    add_option(g, C, "--loss", "per-head loss: bce, focal, asl (asymmetric)", choices=("bce", "focal", "asl"))
+    add_option(g, C, "--beta", "beta of --head-weights effective", type=float)
+    add_option(g, C, "--gamma", "focal loss gamma", type=float)
+    add_option(g, C, "--label-smoothing", "targets move this far toward 0.5", type=float, metavar="S")
+    g = p.add_argument_group("augmentation")
+    add_option(g, C, "--jitter", "colour jitter strength (brightness/contrast/saturation)", type=float, metavar="J")
+    add_option(g, C, "--rotate", "random rotation, +- degrees", type=float, metavar="DEG")
+    g = p.add_argument_group("hardware")
+    add_option(g, C, "--mixed-precision", "float16 compute on GPU (auto = on when a GPU is present)",
+               choices=("auto", "on", "off"))
+    add_option(g, C, "--xla", "compile the training step with XLA", action="store_true")
+    add_option(g, C, "--eager", "run eagerly: no graph build (starts in seconds instead of ~1 min on CPU, "
+               "steps run slower); for debugging and tiny smoke runs", action="store_true")
+    return p
+
+
+def train_main(argv: list[str] | None = None) -> int:
+    from .config import TrainConfig
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = vars(train_parser().parse_args(argv))
+    from . import training  # TensorFlow and Keras load only after --help
+
+    try:
+        yaml_values = load_yaml(args["config"]) if args.get("config") else {}
+        cfg = resolve(TrainConfig, yaml_values, args, source=args.get("config") or "config")
+        return training.Trainer(cfg, " ".join(["python", "train.py", *argv])).run()
+    except (training.TrainError, training.model_lib.WeightsError, FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2

@@ -90,3 +90,51 @@ def add_option(group, cls: type, flag: str, help: str, **kwargs: Any) -> None:
         group.add_argument(flag, help=help, default=argparse.SUPPRESS, **kwargs)
     else:
         group.add_argument(flag, help=f"{help} (default: {shown})", default=argparse.SUPPRESS, **kwargs)
+
+
+@dataclass
+class TrainConfig:
+    """Everything `train.py` needs; field names match the CLI flags."""
+
+    data: str = DEFAULT_RECORDS
+    run: str | None = None
+    # model
+    backbone: str = "densenet121"
+    weights: str = "imagenet"
+    image_size: int = 224
+    head_dropout: float = 0.0
+    # what trains, and how long
+    epochs: int = 4
+    layers: str = "all"
+    stages: str | None = None
+    bn: str = "auto"
+    # optimisation
+    optimizer: str = "adam"
+    lr: float = 2e-3
+    schedule: str = "onecycle"
+    warmup: float = 0.1
+    weight_decay: float = 0.0
+    batch_size: int = 32
+    accum_steps: int = 1
+    # imbalance
+    head_weights: str = "none"
+    pos_weight: str = "none"
+    loss: str = "bce"
+    beta: float = 0.999
+    gamma: float = 2.0
+    label_smoothing: float = 0.0
+    # augmentation
+    jitter: float = 0.0
+    rotate: float = 0.0
+    # runs
+    seed: int = 0
+    resume: bool = False
+    lr_find: bool = False
+    mixed_precision: str = "auto"
+    xla: bool = False
+    eager: bool = False
+    model_save: str = "model_save"
+    log: str = "log"
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)

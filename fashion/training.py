@@ -1,0 +1,410 @@
+"""The `train.py` job: dataset.json + shards -> trained model bundle in model_save/RUN/.
+
+Stages (`--stages heads:5,all:20`) run one after another in one command, each
+with its own layer group and learning rate. After every epoch the validation
+set is scored (AP per head, mAP, sample-F2, macro-F1), `last.keras` is saved
+(atomically) with the optimiser state, and `best.keras` when validation mAP
+improves. At the end, per-class thresholds are tuned on validation data to
+maximise sample-F2 and the bundle (`model.keras` + `meta.json`) is written.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+
+from . import losses, metrics, model as model_lib, pipeline, records
+from .config import TrainConfig
+
+EXIT_OK, EXIT_FATAL, EXIT_INTERRUPTED = 0, 2, 130
+OPTIMIZERS = ("sgd", "adam", "adamw")
+SCHEDULES = ("onecycle", "cosine", "plateau", "constant")
+
+
+class TrainError(Exception):
+    """A problem that stops training with a clear message (bad options, missing data or weights)."""
+
+
+@dataclass
+class Stage:
+    layers: str
+    epochs: int
+    lr: float
+
+
+def parse_stages(cfg: TrainConfig) -> list[Stage]:
+    """`heads:5,all:20:1e-4` -> stages; without --stages, one stage of --layers for --epochs."""
+    if not cfg.stages:
+        return [Stage(cfg.layers, cfg.epochs, cfg.lr)]
+    out = []
+    for part in cfg.stages.split(","):
+        bits = part.strip().split(":")
+        if len(bits) not in (2, 3) or not bits[1].isdigit():
+            raise TrainError(f"--stages: '{part}' is not GROUP:EPOCHS[:LR] (e.g. heads:5,all:20:1e-4)")
+        try:
+            lr = float(bits[2]) if len(bits) == 3 else cfg.lr
+        except ValueError:
+            raise TrainError(f"--stages: '{bits[2]}' in '{part}' is not a learning rate") from None
+        out.append(Stage(bits[0], int(bits[1]), lr))
+    return out
+
+
+# --------------------------------------------------------------------------- optimisation
+
+def make_schedule(kind: str, lr: float, steps: int, warmup: float):
+    if kind not in SCHEDULES:
+        raise TrainError(f"--schedule must be one of {SCHEDULES}, got {kind!r}")
+    if kind == "onecycle":
+        return OneCycle(lr, max(steps, 1), warmup=max(warmup, 0.25))
+    if kind == "cosine":
+        w = int(steps * warmup)
+        return keras.optimizers.schedules.CosineDecay(lr / 25.0 if w else lr, max(steps - w, 1), alpha=1e-3,
+                                                      warmup_target=lr if w else None, warmup_steps=w)
+    return lr  # constant; plateau lowers it from a callback
+
+
+def make_optimizer(cfg: TrainConfig, lr) -> Any:
+    accum = cfg.accum_steps if cfg.accum_steps > 1 else None
+    if cfg.optimizer == "sgd":  # the original project: momentum 0.9, clipnorm 5
+        return keras.optimizers.SGD(lr, momentum=0.9, clipnorm=5.0, weight_decay=cfg.weight_decay or None,
+                                    gradient_accumulation_steps=accum)
+    if cfg.optimizer == "adam":
+        return keras.optimizers.Adam(lr, weight_decay=cfg.weight_decay or None, gradient_accumulation_steps=accum)
+    if cfg.optimizer == "adamw":
+        return keras.optimizers.AdamW(lr, weight_decay=cfg.weight_decay or 1e-2, gradient_accumulation_steps=accum)
+    raise TrainError(f"--optimizer must be one of {OPTIMIZERS}, got {cfg.optimizer!r}")
+
+
+@keras.saving.register_keras_serializable(package="fashion")
+class OneCycle(keras.optimizers.schedules.LearningRateSchedule):
+    """fastai's one-cycle: cosine warm-up from lr/25 to lr over `warmup` of the steps, cosine down to lr/1e5."""
+
+    def __init__(self, lr: float, steps: int, warmup: float = 0.25):
+        self.lr, self.steps, self.warmup = float(lr), int(steps), float(warmup)
+
+    def __call__(self, step):
+        ops = keras.ops
+        step = ops.cast(step, "float32")
+        up = max(self.steps * self.warmup, 1.0)
+        lo, hi, end = self.lr / 25.0, self.lr, self.lr / 1e5
+        t_up = ops.clip(step / up, 0.0, 1.0)
+        t_down = ops.clip((step - up) / max(self.steps - up, 1.0), 0.0, 1.0)
+        warm = lo + (hi - lo) * (1 - ops.cos(math.pi * t_up)) / 2
+        cool = end + (hi - end) * (1 + ops.cos(math.pi * t_down)) / 2
+        return ops.where(step < up, warm, cool)
+
+    def get_config(self):
+        return {"lr": self.lr, "steps": self.steps, "warmup": self.warmup}
+
+
+# --------------------------------------------------------------------------- callbacks
+
+class EpochEval(keras.callbacks.Callback):
+    """Scores the validation set after each epoch: AP per head, mAP, sample-F2, macro-F1, learning rate."""
+
+    def __init__(self, val_ds, y_val, names):
+        super().__init__()
+        self.val_ds, self.y_val, self.names = val_ds, y_val, names
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs if logs is not None else {}
+        scores = predict_scores(self.model, self.val_ds, self.names)
+        s = metrics.summary(self.y_val, scores)
+        logs["val_mAP"] = s["mAP"]
+        logs["val_f2_samples"] = s["f2_samples"]
+        logs["val_f1_macro"] = s["f1_macro"]
+        for name, ap in zip(self.names, s["ap"]):
+            logs[f"val_ap_{name}"] = float("nan") if ap is None or np.isnan(ap) else ap
+        logs["learning_rate"] = current_lr(self.model.optimizer)
+        took = time.perf_counter() - self.t0
+        print(f"epoch {epoch + 1}: loss {logs.get('loss', float('nan')):.4f}  val_loss "
+              f"{logs.get('val_loss', float('nan')):.4f}  val mAP {s['mAP']:.3f}  sample-F2@0.5 "
+              f"{s['f2_samples']:.3f}  macro-F1 {s['f1_macro']:.3f}  lr {logs['learning_rate']:.2e}  ({took:.0f}s)",
+              flush=True)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.t0 = time.perf_counter()
+
+
+class Checkpoints(keras.callbacks.Callback):
+    """last.keras every epoch and best.keras on a better val mAP; temp name + rename; state.json last."""
+
+    def __init__(self, folder: Path, stage: int, best: float):
+        super().__init__()
+        self.folder, self.stage, self.best = folder, stage, best
+
+    def on_epoch_end(self, epoch, logs=None):
+        mAP = (logs or {}).get("val_mAP", float("-inf"))
+        save_model_atomic(self.model, self.folder / "last.keras")
+        if mAP > self.best:
+            self.best = mAP
+            shutil.copyfile(self.folder / "last.keras", self.folder / ".best.tmp.keras")
+            os.replace(self.folder / ".best.tmp.keras", self.folder / "best.keras")
+        write_state(self.folder, {"stage": self.stage, "epoch": epoch + 1, "best_mAP": self.best})
+
+
+def current_lr(optimizer) -> float:
+    lr = optimizer.learning_rate
+    try:
+        return float(np.asarray(lr))
+    except TypeError:
+        return float(np.asarray(lr(optimizer.iterations)))
+
+
+def save_model_atomic(model, path: Path) -> None:
+    tmp = path.with_name(f".{path.stem}.tmp.keras")
+    model.save(tmp)
+    os.replace(tmp, path)
+
+
+def write_state(folder: Path, state: dict) -> None:
+    records.atomic_write_json(folder / "state.json", state)
+
+
+def predict_scores(model, ds, names) -> np.ndarray:
+    out = model.predict(ds, verbose=0)
+    return np.concatenate([np.asarray(out[n]).reshape(-1, 1) for n in names], axis=1)
+
+
+# --------------------------------------------------------------------------- the job
+
+class Tee:
+    """Copies the console to log/RUN/console.log."""
+
+    def __init__(self, stream, path: Path):
+        self.stream, self.file = stream, open(path, "a", encoding="utf-8")
+
+    def write(self, s):
+        self.stream.write(s)
+        self.file.write(s)
+        return len(s)
+
+    def flush(self):
+        self.stream.flush()
+        self.file.flush()
+
+    def isatty(self):
+        return self.stream.isatty()
+
+
+def manifest_hash(folder: str | Path) -> str:
+    return hashlib.sha256((Path(folder) / records.MANIFEST).read_bytes()).hexdigest()[:16]
+
+
+def setup_device(cfg: TrainConfig):
+    """Strategy (multi-worker with TF_CONFIG, mirrored on >1 GPU) and mixed precision on GPU."""
+    import tensorflow as tf
+
+    gpus = tf.config.list_physical_devices("GPU")
+    for g in gpus:
+        with contextlib.suppress(RuntimeError):
+            tf.config.experimental.set_memory_growth(g, True)
+    if os.environ.get("TF_CONFIG"):
+        strategy = tf.distribute.MultiWorkerMirroredStrategy()
+    elif len(gpus) > 1:
+        strategy = tf.distribute.MirroredStrategy()
+    else:
+        strategy = tf.distribute.get_strategy()
+    mp = cfg.mixed_precision == "on" or (cfg.mixed_precision == "auto" and gpus)
+    keras.mixed_precision.set_global_policy("mixed_float16" if mp else "float32")
+    where = f"{len(gpus)} GPU(s)" if gpus else "CPU"
+    print(f"device: {where}; replicas: {strategy.num_replicas_in_sync}; mixed precision: {'on' if mp else 'off'}"
+          f"{'; XLA on' if cfg.xla else ''}")
+    return strategy
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig, command: str):
+        self.cfg = cfg
+        self.command = command
+        if not cfg.run:
+            cfg.run = datetime.now().strftime("%Y%m%d-%H%M%S")
+        self.save_dir = Path(cfg.model_save) / cfg.run
+        self.log_dir = Path(cfg.log) / cfg.run
+
+    def run(self) -> int:
+        import yaml
+
+        cfg = self.cfg
+        manifest = records.load_manifest(cfg.data)
+        labels = manifest["labels"]
+        names = model_lib.head_names(labels)
+        train = pipeline.describe_split(cfg.data, "train")
+        val = pipeline.describe_split(cfg.data, "val")
+        stages = parse_stages(cfg)
+        if cfg.resume and not (self.save_dir / "state.json").is_file():
+            raise TrainError(f"--resume: {self.save_dir}/state.json not found (is --run {cfg.run} right?)")
+        if not cfg.resume and (self.save_dir / "state.json").is_file():
+            raise TrainError(f"{self.save_dir} already holds run '{cfg.run}': add --resume to continue it, "
+                             f"or pick another --run")
+        self.save_dir.mkdir(parents=True, exist_ok=True)
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        sys.stdout = Tee(sys.stdout, self.log_dir / "console.log")
+        records.atomic_write_text(self.log_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        keras.utils.set_random_seed(cfg.seed)
+
+        n = train.count
+        hw = losses.head_weights(train.positives, n, cfg.head_weights, cfg.beta)
+        pw = losses.pos_weights(train.positives, n, cfg.pos_weight)
+        self._print_weights(labels, train.positives, n, hw, pw)
+
+        strategy = setup_device(cfg)
+        batch = cfg.batch_size * strategy.num_replicas_in_sync
+        small = sum(s["bytes"] for s in manifest["splits"]["train"]["shards"]) < (1 << 30)
+        train_ds = pipeline.make_dataset(train.files, len(labels), image_size=cfg.image_size, batch_size=batch,
+                                         training=True, output_names=names, seed=cfg.seed, cache=small,
+                                         jitter=cfg.jitter, rotate=cfg.rotate, count=train.count)
+        val_ds = pipeline.make_dataset(val.files, len(labels), image_size=cfg.image_size, batch_size=batch,
+                                       training=False, output_names=names, cache=True, count=val.count)
+        y_val = pipeline.labels_of(val.files, len(labels))
+        steps = math.ceil(n / batch)
+
+        state = json.loads((self.save_dir / "state.json").read_text()) if cfg.resume else {
+            "stage": 0, "epoch": 0, "best_mAP": float("-inf")}
+        evaluator = EpochEval(val_ds, y_val, names)
+        with strategy.scope():
+            if cfg.resume:
+                print(f"resuming {cfg.run}: stage {state['stage'] + 1}/{len(stages)}, after epoch {state['epoch']}")
+                model = keras.saving.load_model(self.save_dir / "last.keras")
+            else:
+                model = self._build(labels)
+        print(model_lib.describe(model))
+
+        done = sum(s.epochs for s in stages[:state["stage"]])
+        epoch = state["epoch"]
+        try:
+            for i, stage in enumerate(stages):
+                end = done + stage.epochs
+                if i < state["stage"] or epoch >= end:
+                    done = end
+                    continue
+                # steps already taken in an epoch cut short by Ctrl-C (the optimiser state has them)
+                partial = state.get("step", 0) if cfg.resume and i == state["stage"] else 0
+                if not (cfg.resume and i == state["stage"] and (epoch > done or partial)):
+                    with strategy.scope():
+                        n_tr = model_lib.set_trainable(model, stage.layers, cfg.bn, from_scratch=cfg.weights == "none")
+                        lr = make_schedule(cfg.schedule, stage.lr, steps * stage.epochs, cfg.warmup)
+                        model.compile(optimizer=make_optimizer(cfg, lr),
+                                      loss={nm: losses.HeadLoss(cfg.loss, pos_weight=float(pw[k]), gamma=cfg.gamma,
+                                                                label_smoothing=cfg.label_smoothing)
+                                            for k, nm in enumerate(names)},
+                                      loss_weights={nm: float(hw[k]) for k, nm in enumerate(names)},
+                                      jit_compile=cfg.xla, run_eagerly=cfg.eager)
+                    print(f"stage {i + 1}/{len(stages)}: layers={stage.layers} ({n_tr} trunk layers train), "
+                          f"epochs {epoch + 1}-{end}, lr {stage.lr:g} ({cfg.schedule}, {cfg.optimizer})")
+                checkpoints = Checkpoints(self.save_dir, i, state["best_mAP"])
+                cbs = [evaluator, checkpoints,
+                       keras.callbacks.CSVLogger(str(self.log_dir / "history.csv"), append=True),
+                       keras.callbacks.TensorBoard(str(self.log_dir), write_graph=False, profile_batch=0)]
+                if cfg.schedule == "plateau":
+                    cbs.insert(1, keras.callbacks.ReduceLROnPlateau(monitor="val_mAP", mode="max", factor=0.3,
+                                                                    patience=1, verbose=1))
+                self._interrupt_info = (i, done, epoch)
+                fit = dict(validation_data=val_ds, callbacks=cbs, shuffle=False,
+                           verbose=1 if sys.stdout.isatty() else 0)
+                if partial:
+                    model.fit(train_ds, epochs=epoch + 1, initial_epoch=epoch, steps_per_epoch=steps - partial, **fit)
+                    epoch += 1
+                if epoch < end:
+                    model.fit(train_ds, epochs=end, initial_epoch=epoch, **fit)
+                state["best_mAP"] = checkpoints.best
+                state.pop("step", None)
+                epoch = done = end
+                write_state(self.save_dir, {"stage": i + 1, "epoch": epoch, "best_mAP": state["best_mAP"]})
+        except KeyboardInterrupt:
+            self._save_interrupted(model, steps)
+            return EXIT_INTERRUPTED
+
+        return self._finish(model, labels, names, val_ds, y_val, train, hw, pw, manifest)
+
+    def _save_interrupted(self, model, steps: int) -> None:
+        """Ctrl-C: checkpoint weights + optimiser mid-epoch; state.json records the steps already taken."""
+        stage, first_epoch, _ = getattr(self, "_interrupt_info", (0, 0, 0))
+        saved = json.loads((self.save_dir / "state.json").read_text()) if (self.save_dir / "state.json").is_file() \
+            else {"stage": stage, "epoch": first_epoch, "best_mAP": float("-inf")}
+        if saved["stage"] != stage:  # interrupted right at a stage boundary: nothing of the new stage to keep
+            print("\ninterrupted between stages; rerun with --resume to go on", file=sys.stderr)
+            return
+        taken = int(np.asarray(model.optimizer.iterations)) - steps * (saved["epoch"] - first_epoch)
+        save_model_atomic(model, self.save_dir / "last.keras")
+        write_state(self.save_dir, {**saved, "step": max(0, min(taken, steps - 1))})
+        print(f"\ninterrupted: checkpoint saved to {self.save_dir}/last.keras (epoch {saved['epoch'] + 1}, "
+              f"step {taken}); continue with the same command plus --resume --run {self.cfg.run}", file=sys.stderr)
+
+    def _build(self, labels):
+        cfg = self.cfg
+        notop, bundle = model_lib.resolve_weights(cfg.weights, cfg.backbone, Path(cfg.model_save))
+        model = model_lib.build_model(labels, cfg.backbone, cfg.image_size, notop, cfg.head_dropout)
+        if bundle:
+            model_lib.load_trunk_from_bundle(model, bundle)
+            print(f"trunk initialised from bundle {bundle}")
+        elif notop:
+            print(f"trunk initialised from ImageNet weights {notop}")
+        else:
+            print("trunk initialised at random (--weights none)")
+        return model
+
+    def _print_weights(self, labels, positives, n, hw, pw) -> None:
+        cfg = self.cfg
+        print(f"training images: {n}; head weights: {cfg.head_weights}; positive weights: {cfg.pos_weight}; "
+              f"loss: {cfg.loss}")
+        width = max(len(lb) for lb in labels)
+        print(f"  {'class':<{width}} {'pos':>7} {'head w':>8} {'pos w':>7}")
+        for lb, p, h, q in zip(labels, positives, hw, pw):
+            print(f"  {lb:<{width}} {p:7d} {h:8.3f} {q:7.2f}")
+        empty = [lb for lb, p in zip(labels, positives) if not p]
+        if empty:
+            print(f"warning: no training positive for {', '.join(empty)}: those heads learn to say no, and their "
+                  f"AP is left out of mAP")
+
+    def _finish(self, model, labels, names, val_ds, y_val, train, hw, pw, manifest) -> int:
+        best = self.save_dir / "best.keras"
+        if best.is_file():
+            model = keras.saving.load_model(best, compile=False)
+        scores = predict_scores(model, val_ds, names)
+        thresholds = metrics.tune_thresholds(y_val, scores)
+        at_half = metrics.summary(y_val, scores, 0.5)
+        tuned = metrics.summary(y_val, scores, thresholds)
+        y_train = pipeline.labels_of(train.files, len(labels))
+        const = metrics.constant_baseline(y_train, y_val)
+        prior = metrics.prior_baseline(y_train, y_val)
+        save_model_atomic(model, self.save_dir / "model.keras")
+        meta = {
+            "labels": labels, "heads": names, "task": "multilabel", "input_size": self.cfg.image_size,
+            "input": "uint8 RGB, resized/cropped square; the model normalises inside",
+            "backbone": self.cfg.backbone, "thresholds": [float(t) for t in thresholds],
+            "head_weights": [float(w) for w in hw], "pos_weights": [float(w) for w in pw],
+            "validation": {"mAP": tuned["mAP"], "f2_samples_tuned": tuned["f2_samples"],
+                           "f2_samples_at_0.5": at_half["f2_samples"], "f1_macro_tuned": tuned["f1_macro"],
+                           "ap": dict(zip(labels, at_half["ap"])),
+                           "baselines": {"constant": const, "prior": prior}},
+            "dataset": {"path": str(self.cfg.data), "manifest_sha256": manifest_hash(self.cfg.data),
+                        "records": manifest["records"]},
+            "config": self.cfg.to_dict(), "command": self.command,
+            "created": datetime.now().isoformat(timespec="seconds"),
+        }
+        records.atomic_write_json(self.save_dir / "meta.json", meta)
+        print(f"\nvalidation ({len(y_val)} images):")
+        print(f"  model     mAP {tuned['mAP']:.3f}   sample-F2 {at_half['f2_samples']:.3f} at 0.5, "
+              f"{tuned['f2_samples']:.3f} with tuned thresholds   macro-F1 {tuned['f1_macro']:.3f}")
+        print(f"  constant  sample-F2 {const['f2_samples']:.3f} (always {[labels[i] for i in const['labels']]})")
+        print(f"  priors    mAP {prior['mAP']:.3f}")
+        gain = tuned["f2_samples"] - const["f2_samples"]
+        if gain <= 0:
+            print(f"warning: the model does not beat the constant predictor on sample-F2 ({gain:+.3f})")
+        print(f"bundle: {self.save_dir}/model.keras + meta.json; logs: {self.log_dir}/")
+        return EXIT_OK
+

@@ -1,0 +1,219 @@
+"""train.py on real tiny photos (32 px, --weights none): layer groups, losses, accumulation, resume, bundle."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import keras
+import numpy as np
+import pytest
+
+from conftest import ROOT, SAMPLE
+from fashion import losses, metrics, model as model_lib, pipeline
+from fashion.cli import generate_dataset_main, train_main
+from fashion.config import TrainConfig
+from fashion.training import make_optimizer
+
+LABELS = (SAMPLE / "labels.txt").read_text().split()
+SIZE = 32
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    out = tmp_path_factory.mktemp("records")
+    code = generate_dataset_main([str(SAMPLE / "train+val.txt"), "--labels", str(SAMPLE / "labels.txt"),
+                                  "--out", str(out), "--image-size", "40", "--shard-size", "64"])
+    assert code == 0
+    return out
+
+
+def batch_from(dataset, n=16, training=False):
+    split = pipeline.describe_split(dataset, "train")
+    ds = pipeline.make_dataset(split.files, len(LABELS), image_size=SIZE, batch_size=n, training=training,
+                               output_names=model_lib.head_names(LABELS))
+    return next(iter(ds))
+
+
+def test_head_weight_formulas_on_known_counts():
+    pos, n = [10, 40, 0, 50], 100
+    np.testing.assert_allclose(losses.head_weights(pos, n, "none"), [1, 1, 1, 1])
+    np.testing.assert_allclose(losses.head_weights(pos, n, "original"), [0.3, 1.2, 1, 1.5])  # ∝ frequency
+    inv = np.array([10, 2.5, 2])
+    np.testing.assert_allclose(losses.head_weights(pos, n, "inverse"), [*inv[:2] / inv.mean(), 1, inv[2] / inv.mean()])
+    sq = np.sqrt(inv)
+    np.testing.assert_allclose(losses.head_weights(pos, n, "sqrt"), [*sq[:2] / sq.mean(), 1, sq[2] / sq.mean()])
+    beta = 0.9
+    eff = np.array([(1 - beta) / (1 - beta ** p) for p in (10, 40, 50)])
+    np.testing.assert_allclose(losses.head_weights(pos, n, "effective", beta),
+                               [*eff[:2] / eff.mean(), 1, eff[2] / eff.mean()])
+    pw = losses.pos_weights([10, 90, 0], 100, "auto")
+    np.testing.assert_allclose(pw, [9.0, 10 / 90, 1.0])  # below 1 where positives are the majority
+
+
+def test_losses_are_finite_and_ordered():
+    y = np.array([[1.0], [0.0], [1.0], [0.0]], np.float32)
+    p = np.array([[0.9], [0.1], [0.2], [0.8]], np.float32)
+    vals = {k: float(losses.HeadLoss(k)(y, p)) for k in losses.LOSSES}
+    bce = -np.mean([np.log(0.9), np.log(0.9), np.log(0.2), np.log(0.2)])
+    assert vals["bce"] == pytest.approx(bce, rel=1e-4)
+    assert 0 < vals["focal"] < vals["bce"] and 0 < vals["asl"] < vals["bce"]
+    weighted = float(losses.HeadLoss("bce", pos_weight=3.0)(y, p))
+    assert weighted == pytest.approx(-np.mean([3 * np.log(0.9), np.log(0.9), 3 * np.log(0.2), np.log(0.2)]),
+                                     rel=1e-4)
+
+
+def _fit_one_step(model, x, y, **compile_kw):
+    model.compile(optimizer=keras.optimizers.SGD(0.1), loss={n: losses.HeadLoss() for n in y}, run_eagerly=True,
+                  **compile_kw)
+    model.fit(x, y, epochs=1, verbose=0, shuffle=False)
+
+
+def _trunk_weights(model):
+    return [np.array(w) for w in model_lib.trunk_of(model).weights]
+
+
+def test_layer_groups_and_batchnorm_policy(dataset):
+    keras.utils.set_random_seed(0)
+    x, y = batch_from(dataset)
+    model = model_lib.build_model(LABELS, image_size=SIZE)
+    trunk = model_lib.trunk_of(model)
+    head = model.get_layer(f"{model_lib.head_names(LABELS)[0]}_conv")
+
+    before, head_before = _trunk_weights(model), np.array(head.kernel)
+    model_lib.set_trainable(model, "heads")
+    _fit_one_step(model, x, y)
+    assert all(np.array_equal(a, b) for a, b in zip(before, _trunk_weights(model))), "heads: trunk untouched"
+    assert not np.array_equal(head_before, np.array(head.kernel)), "heads: heads change"
+
+    bn = next(layer for layer in trunk.layers if isinstance(layer, keras.layers.BatchNormalization))
+    conv = trunk.get_layer("conv1_conv")
+    stats, kernel = np.array(bn.moving_mean), np.array(conv.kernel)
+    model_lib.set_trainable(model, "all", bn="frozen")
+    _fit_one_step(model, x, y)
+    assert not np.array_equal(kernel, np.array(conv.kernel)), "all: trunk convolutions change"
+    assert np.array_equal(stats, np.array(bn.moving_mean)), "frozen BN keeps its statistics"
+
+    model_lib.set_trainable(model, "all", bn="train")
+    _fit_one_step(model, x, y)
+    assert not np.array_equal(stats, np.array(bn.moving_mean)), "bn=train updates statistics"
+
+    n = model_lib.set_trainable(model, "conv5+", bn="train")
+    trainable = {layer.name for layer in trunk.layers if layer.trainable}
+    assert n > 0 and all(name.startswith(("conv5_", "bn", "relu")) for name in trainable)
+    with pytest.raises(ValueError, match="matches no trunk layer"):
+        model_lib.set_trainable(model, "nothing_like_this")
+
+
+def test_accumulation_matches_the_larger_batch(dataset):
+    keras.utils.set_random_seed(1)
+    x, y = batch_from(dataset, 16)
+    ref = model_lib.build_model(LABELS, image_size=SIZE)
+    acc = model_lib.build_model(LABELS, image_size=SIZE)
+    initial = ref.get_weights()
+    acc.set_weights(initial)
+    for m in (ref, acc):
+        model_lib.set_trainable(m, "heads")
+    cfg = TrainConfig(optimizer="sgd", accum_steps=1)
+    ref.compile(optimizer=make_optimizer(cfg, 0.05), loss={n: losses.HeadLoss() for n in y}, run_eagerly=True)
+    ref.fit(x, y, batch_size=16, epochs=1, verbose=0, shuffle=False)
+    cfg.accum_steps = 2
+    acc.compile(optimizer=make_optimizer(cfg, 0.05), loss={n: losses.HeadLoss() for n in y}, run_eagerly=True)
+    acc.fit(x, y, batch_size=8, epochs=1, verbose=0, shuffle=False)
+    start = model_lib.build_model(LABELS, image_size=SIZE)
+    start.set_weights(initial)
+    model_lib.set_trainable(start, "heads")
+    moved = False
+    for a, b, w0 in zip(ref.trainable_weights, acc.trainable_weights, start.trainable_weights):
+        np.testing.assert_allclose(np.array(a), np.array(b), rtol=1e-4, atol=1e-6)
+        moved |= not np.allclose(np.array(a), np.array(w0))
+    assert moved, "the step did change the heads"
+
+
+def test_imagenet_offline_names_the_file(tmp_path, monkeypatch):
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
+    with pytest.raises(model_lib.WeightsError) as e:
+        model_lib.imagenet_weights_file("densenet121", tmp_path / "model_save")
+    msg = str(e.value)
+    assert "densenet121_weights_tf_dim_ordering_tf_kernels_notop.h5" in msg and str(tmp_path / "model_save") in msg
+    (tmp_path / "model_save").mkdir()
+    (tmp_path / "model_save" / "densenet121_weights_tf_dim_ordering_tf_kernels_notop.h5").write_bytes(b"not it")
+    with pytest.raises(model_lib.WeightsError, match="md5"):
+        model_lib.imagenet_weights_file("densenet121", tmp_path / "model_save")
+
+
+def run_train(args, **kw):
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.Popen([sys.executable, str(ROOT / "train.py"), *args], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, **kw)
+
+
+def test_train_end_to_end_bundle_thresholds_and_reload(dataset, tmp_path, capsys):
+    args = ["--data", str(dataset), "--weights", "none", "--image-size", str(SIZE), "--stages", "heads:1,all:1",
+            "--run", "e2e", "--model-save", str(tmp_path / "ms"), "--log", str(tmp_path / "log"), "--eager"]
+    assert train_main(args) == 0
+    out = capsys.readouterr().out
+    assert "constant" in out and "priors" in out and "stage 2/2: layers=all" in out
+    bundle = tmp_path / "ms" / "e2e"
+    meta = json.loads((bundle / "meta.json").read_text())
+    assert meta["labels"] == LABELS and meta["input_size"] == SIZE and len(meta["thresholds"]) == 13
+    assert all(0 < t <= 1 for t in meta["thresholds"])
+    assert len(meta["head_weights"]) == 13 and meta["dataset"]["manifest_sha256"]
+    history = (tmp_path / "log" / "e2e" / "history.csv").read_text().splitlines()
+    assert len(history) == 3 and "val_mAP" in history[0] and "head_shoes_loss" in history[0]
+    assert "val_ap_head_gloves" in history[0] and "learning_rate" in history[0]
+    assert list((tmp_path / "log" / "e2e").rglob("events.out.tfevents*"))
+    assert (tmp_path / "log" / "e2e" / "config.yaml").is_file()
+
+    # the bundle reloads (safe mode) and reproduces the stored validation numbers with the stored thresholds
+    model = keras.saving.load_model(bundle / "model.keras", compile=False, safe_mode=True)
+    val = pipeline.describe_split(dataset, "val")
+    ds = pipeline.make_dataset(val.files, 13, image_size=SIZE, batch_size=32, training=False)
+    out = model.predict(ds, verbose=0)
+    scores = np.concatenate([out[n] for n in meta["heads"]], axis=1)
+    y = pipeline.labels_of(val.files, 13)
+    s = metrics.summary(y, scores, np.array(meta["thresholds"]))
+    assert s["mAP"] == pytest.approx(meta["validation"]["mAP"], abs=1e-6)
+    assert s["f2_samples"] == pytest.approx(meta["validation"]["f2_samples_tuned"], abs=1e-6)
+
+    # domain pretraining: a new model at another size takes this bundle's trunk
+    fresh = model_lib.build_model(LABELS, image_size=48)
+    model_lib.load_trunk_from_bundle(fresh, bundle)
+    for a, b in zip(model_lib.trunk_of(fresh).weights, model_lib.trunk_of(model).weights):
+        np.testing.assert_array_equal(np.array(a), np.array(b))
+
+    # the same run name without --resume is refused
+    assert train_main(args) == 2
+
+
+def test_ctrl_c_then_resume_continues_epochs_and_optimizer(dataset, tmp_path):
+    ms, log = tmp_path / "ms", tmp_path / "log"
+    args = ["--data", str(dataset), "--weights", "none", "--image-size", str(SIZE), "--layers", "heads",
+            "--epochs", "3", "--batch-size", "16", "--run", "r", "--model-save", str(ms), "--log", str(log),
+            "--eager"]
+    proc = run_train(args)
+    history = log / "r" / "history.csv"
+    deadline = time.time() + 300
+    while time.time() < deadline and (not history.is_file() or len(history.read_text().splitlines()) < 2):
+        time.sleep(0.2)
+    time.sleep(1.0)  # into epoch 2
+    proc.send_signal(signal.SIGINT)
+    text, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 130, text
+    assert "interrupted: checkpoint saved" in text
+    state = json.loads((ms / "r" / "state.json").read_text())
+    assert state["epoch"] == 1
+
+    proc = run_train(args + ["--resume"])
+    text, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, text
+    assert "resuming r" in text
+    rows = history.read_text().splitlines()
+    assert [r.split(",")[0] for r in rows[1:]] == ["0", "1", "2"], rows
+    steps = -(-160 // 16)
+    last = keras.saving.load_model(ms / "r" / "last.keras")
+    assert int(np.asarray(last.optimizer.iterations)) == 3 * steps, "optimizer state carried across the stop"
