@@ -153,6 +153,8 @@ def train_parser() -> argparse.ArgumentParser:
                type=float, metavar="F")
     add_option(g, C, "--weight-decay", "decoupled weight decay (adamw default 1e-2)", type=float, metavar="WD")
     add_option(g, C, "--batch-size", "images per step (per replica)", type=int, metavar="N")
+    add_option(g, C, "--lr-find", "run the learning-rate range test instead of training: saves "
+               "log/RUN/lr_find.png and prints the suggested --lr", action="store_true")
     add_option(g, C, "--accum-steps", "gradient accumulation: K steps act as one K x batch (Caffe iter_size)",
                type=int, metavar="K")
     g = p.add_argument_group("imbalance")

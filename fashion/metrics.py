@@ -66,21 +66,21 @@ def summary(y_true: np.ndarray, scores: np.ndarray, thresholds: np.ndarray | flo
             "ap": ap.tolist()}
 
 
-def tune_thresholds(y_true: np.ndarray, scores: np.ndarray, beta: float = 2.0, passes: int = 2,
+def tune_thresholds(y_true: np.ndarray, scores: np.ndarray, beta: float = 2.0, passes: int = 3,
                     grid: np.ndarray = THRESHOLD_GRID) -> np.ndarray:
     """Per-class thresholds maximising sample-averaged F-beta, by coordinate ascent.
 
     Sample-F2 couples the classes (a sample's score depends on all its labels),
     so each class's threshold is chosen with the others fixed, for `passes`
-    rounds, starting from 0.5. A class is never set above the grid: 1.0 means
-    "never predict" and is tried too.
+    rounds, starting from 0.5. Besides the grid, 0 ("always predict", which
+    reaches any constant label set) and 1 ("never") are tried.
     """
     y_true = np.asarray(y_true, bool)
     n, k = y_true.shape
     th = np.full(k, 0.5)
     if n == 0:
         return th
-    candidates = np.append(grid, 1.01)
+    candidates = np.concatenate([[0.0], grid, [1.01]])  # 0 = always predict, 1.01 = never
     b2 = beta * beta
     pred = scores >= th
     for _ in range(passes):

@@ -179,6 +179,77 @@ def predict_scores(model, ds, names) -> np.ndarray:
     return np.concatenate([np.asarray(out[n]).reshape(-1, 1) for n in names], axis=1)
 
 
+# --------------------------------------------------------------------------- lr range test
+
+class LRRangeTest(keras.callbacks.Callback):
+    """Raises the learning rate exponentially each step and records the loss; stops when it diverges."""
+
+    def __init__(self, start: float, stop: float, steps: int):
+        super().__init__()
+        self.rates = np.geomspace(start, stop, steps)
+        self.lrs: list[float] = []
+        self.losses: list[float] = []
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self.model.optimizer.learning_rate.assign(float(self.rates[min(batch, len(self.rates) - 1)]))
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = float((logs or {}).get("loss", np.nan))
+        self.lrs.append(float(self.rates[min(batch, len(self.rates) - 1)]))
+        self.losses.append(loss)
+        best = np.nanmin(self.losses)
+        if not np.isfinite(loss) or (len(self.losses) > 5 and loss > 4 * best):
+            self.model.stop_training = True
+
+
+def suggest_lr(lrs: list[float], losses_: list[float]) -> float:
+    """fastai's 'valley': the middle of the longest run of falling smoothed loss."""
+    loss = np.array(losses_, float)
+    finite = np.isfinite(loss)
+    lrs_a, loss = np.array(lrs)[finite], loss[finite]
+    if len(loss) < 3:
+        return float(lrs_a[0]) if len(lrs_a) else 1e-3
+    smooth = np.convolve(loss, np.ones(3) / 3, mode="same")
+    n = len(smooth)
+    run = np.ones(n, int)  # longest decreasing run ending at i (over any earlier start)
+    for i in range(1, n):
+        for j in range(i):
+            if smooth[i] < smooth[j] and run[j] + 1 > run[i]:
+                run[i] = run[j] + 1
+    end = int(run.argmax())
+    start = end - run[end] + 1
+    return float(lrs_a[start + (end - start) * 2 // 3])
+
+
+def lr_find(model, train_ds, png: Path, steps_per_epoch: int, start: float = 1e-7, stop: float = 10.0,
+            max_steps: int = 100) -> int:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = max(10, min(max_steps, steps_per_epoch * 5))
+    cb = LRRangeTest(start, stop, n)
+    print(f"learning-rate range test: {n} steps from {start:g} to {stop:g}")
+    model.fit(train_ds.repeat(), steps_per_epoch=n, epochs=1, callbacks=[cb], verbose=0, shuffle=False)
+    lr = suggest_lr(cb.lrs, cb.losses)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(cb.lrs, cb.losses)
+    ax.axvline(lr, color="red", linestyle="--", label=f"suggested {lr:.2e}")
+    ax.set_xscale("log")
+    ax.set_xlabel("learning rate")
+    ax.set_ylabel("training loss")
+    ax.set_title("learning-rate range test")
+    ax.legend()
+    fig.tight_layout()
+    tmp = png.with_name(".lr_find.tmp.png")
+    fig.savefig(tmp, dpi=100)
+    os.replace(tmp, png)
+    plt.close(fig)
+    print(f"suggested learning rate: {lr:.2e}  (plot: {png}); train with --lr {lr:.2g}")
+    return EXIT_OK
+
+
 # --------------------------------------------------------------------------- the job
 
 class Tee:
@@ -282,6 +353,10 @@ class Trainer:
             else:
                 model = self._build(labels)
         print(model_lib.describe(model))
+        if cfg.lr_find:
+            with strategy.scope():
+                self._prepare(model, stages[0].layers, 1e-7, names, hw, pw)
+            return lr_find(model, train_ds, self.log_dir / "lr_find.png", steps)
 
         done = sum(s.epochs for s in stages[:state["stage"]])
         epoch = state["epoch"]
@@ -295,14 +370,8 @@ class Trainer:
                 partial = state.get("step", 0) if cfg.resume and i == state["stage"] else 0
                 if not (cfg.resume and i == state["stage"] and (epoch > done or partial)):
                     with strategy.scope():
-                        n_tr = model_lib.set_trainable(model, stage.layers, cfg.bn, from_scratch=cfg.weights == "none")
                         lr = make_schedule(cfg.schedule, stage.lr, steps * stage.epochs, cfg.warmup)
-                        model.compile(optimizer=make_optimizer(cfg, lr),
-                                      loss={nm: losses.HeadLoss(cfg.loss, pos_weight=float(pw[k]), gamma=cfg.gamma,
-                                                                label_smoothing=cfg.label_smoothing)
-                                            for k, nm in enumerate(names)},
-                                      loss_weights={nm: float(hw[k]) for k, nm in enumerate(names)},
-                                      jit_compile=cfg.xla, run_eagerly=cfg.eager)
+                        n_tr = self._prepare(model, stage.layers, lr, names, hw, pw)
                     print(f"stage {i + 1}/{len(stages)}: layers={stage.layers} ({n_tr} trunk layers train), "
                           f"epochs {epoch + 1}-{end}, lr {stage.lr:g} ({cfg.schedule}, {cfg.optimizer})")
                 checkpoints = Checkpoints(self.save_dir, i, state["best_mAP"])
@@ -329,6 +398,17 @@ class Trainer:
             return EXIT_INTERRUPTED
 
         return self._finish(model, labels, names, val_ds, y_val, train, hw, pw, manifest)
+
+    def _prepare(self, model, layers: str, lr, names, hw, pw) -> int:
+        """Set the layer group, then compile with one weighted loss per head; returns trainable trunk layers."""
+        cfg = self.cfg
+        n_tr = model_lib.set_trainable(model, layers, cfg.bn, from_scratch=cfg.weights == "none")
+        model.compile(optimizer=make_optimizer(cfg, lr),
+                      loss={nm: losses.HeadLoss(cfg.loss, pos_weight=float(pw[k]), gamma=cfg.gamma,
+                                                label_smoothing=cfg.label_smoothing) for k, nm in enumerate(names)},
+                      loss_weights={nm: float(hw[k]) for k, nm in enumerate(names)},
+                      jit_compile=cfg.xla, run_eagerly=cfg.eager)
+        return n_tr
 
     def _save_interrupted(self, model, steps: int) -> None:
         """Ctrl-C: checkpoint weights + optimiser mid-epoch; state.json records the steps already taken."""

@@ -217,3 +217,19 @@ def test_ctrl_c_then_resume_continues_epochs_and_optimizer(dataset, tmp_path):
     steps = -(-160 // 16)
     last = keras.saving.load_model(ms / "r" / "last.keras")
     assert int(np.asarray(last.optimizer.iterations)) == 3 * steps, "optimizer state carried across the stop"
+
+
+def test_lr_find_writes_plot_and_suggests(dataset, tmp_path, capsys):
+    from fashion.training import suggest_lr
+
+    lrs = list(np.geomspace(1e-6, 1, 30))
+    curve = [5.0] * 10 + list(np.linspace(5.0, 2.0, 12)) + [2.5, 4, 8, 16, 32, 64, 90, 99]
+    lr = suggest_lr(lrs, curve)
+    assert lrs[10] < lr < lrs[21], "inside the falling stretch"
+    args = ["--data", str(dataset), "--weights", "none", "--image-size", str(SIZE), "--layers", "heads",
+            "--lr-find", "--run", "lf", "--model-save", str(tmp_path / "ms"), "--log", str(tmp_path / "log"),
+            "--eager"]
+    assert train_main(args) == 0
+    assert "suggested learning rate" in capsys.readouterr().out
+    png = tmp_path / "log" / "lf" / "lr_find.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
