@@ -8,7 +8,8 @@ STAMP  := $(VENV)/.installed
 
 help:
 	@echo "make demo   - set up .venv, ingest the shipped sample (data/sample) into data/records, verify it,"
-	@echo "              train 3 epochs from scratch on CPU (model_save/demo-*/, log/demo-*/) and print the metrics"
+	@echo "              train 3 epochs from scratch on CPU (model_save/demo-*/, log/demo-*/), print the metrics,"
+	@echo "              and detect the labels of one sample photo"
 	@echo "make test   - set up .venv and run the test suite"
 	@echo "make bench-ingest - ingestion benchmark (bench/ingest.py), prints ratios"
 	@echo "make clean  - remove data/records, data/cache and caches (keeps .venv)"
@@ -26,6 +27,7 @@ demo: $(STAMP)
 	$(PY) generate_dataset.py data/sample/train+val.txt --labels data/sample/labels.txt --out data/records
 	$(PY) generate_dataset.py --verify data/records
 	$(PY) train.py --data data/records --weights none --image-size 96 --epochs 3 --run $(DEMO_RUN)
+	$(PY) detect.py data/sample/photos/0491.jpg --model model_save/$(DEMO_RUN)
 
 test: $(STAMP)
 	$(PY) -m pytest

@@ -193,3 +193,89 @@ def train_main(argv: list[str] | None = None) -> int:
     except (training.TrainError, training.model_lib.WeightsError, FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+
+
+def detect_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="detect.py",
+        description="Per-category probabilities for images, with the labels that pass the per-class "
+                    "thresholds tuned on validation data (marked *).",
+        epilog="Inputs: image files, folders (searched recursively), globs ('photos/*.jpg'), http(s) URLs, "
+               "or - to read paths/URLs from standard input.\n"
+               "Exit code: 0 all images processed, 1 some failed (each reported on one line), 2 no model.",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("inputs", nargs="+", metavar="IMAGE", help="images, folders, globs, URLs or -")
+    p.add_argument("--model", metavar="DIR", help="bundle folder (default: the newest in model_save/)")
+    p.add_argument("--model-save", default="model_save", metavar="DIR",
+                   help="where to look for the newest bundle (default: model_save)")
+    p.add_argument("--threshold", type=float, metavar="P",
+                   help="one threshold for every class instead of the tuned ones")
+    p.add_argument("--json", metavar="FILE", help="write {input: {probabilities: {label: p}, labels: [...]}}")
+    p.add_argument("--csv", metavar="FILE", help="write one row per image: input, labels, then a column per class")
+    p.add_argument("--tta", action="store_true", help="average with the mirrored image")
+    p.add_argument("--batch-size", type=int, default=32, metavar="N", help="images per batch (default: 32)")
+    p.add_argument("--quiet", action="store_true", help="no per-image table (with --json/--csv)")
+    return p
+
+
+def detect_main(argv: list[str] | None = None) -> int:
+    import csv
+    import io
+    import json
+
+    import numpy as np
+    from tqdm import tqdm
+
+    from . import prediction
+    from .fetching import FetchError, Fetcher
+    from .imaging import ImageError
+    from .records import atomic_write_text
+
+    args = detect_parser().parse_args(argv)
+    try:
+        bundle = prediction.load_bundle(args.model, args.model_save)
+    except (prediction.BundleError, OSError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    thresholds = np.full(len(bundle.labels), args.threshold) if args.threshold is not None else bundle.thresholds
+    fetcher = Fetcher(min_bytes=0, retries=2, pool_size=4)
+    inputs = list(prediction.expand_inputs(args.inputs))
+    results: dict[str, dict] = {}
+    failed = 0
+    width = max(len(lb) for lb in bundle.labels)
+    show = not args.quiet
+    bar = tqdm(total=len(inputs), unit="img", desc="detect", disable=len(inputs) <= args.batch_size, file=sys.stderr)
+    for start in range(0, len(inputs), args.batch_size):
+        chunk, arrays = [], []
+        for src in inputs[start:start + args.batch_size]:
+            try:
+                arrays.append(prediction.load_image(src, fetcher, bundle.input_size))
+                chunk.append(src)
+            except (FetchError, ImageError, OSError) as e:
+                failed += 1
+                tqdm.write(f"error: {src}: {e}", file=sys.stderr)
+        if arrays:
+            probs = prediction.predict_arrays(bundle, np.stack(arrays), tta=args.tta)
+            for src, p in zip(chunk, probs):
+                chosen = [lb for lb, v, t in zip(bundle.labels, p, thresholds) if v >= t]
+                results[src] = {"probabilities": {lb: round(float(v), 6) for lb, v in zip(bundle.labels, p)},
+                                "labels": chosen}
+                if show:
+                    lines = [f"{src}: {', '.join(chosen) if chosen else '(no label passes its threshold)'}"]
+                    lines += [f"  {'*' if v >= t else ' '} {lb:<{width}} {v:6.3f}   (threshold {t:.2f})"
+                              for lb, v, t in zip(bundle.labels, p, thresholds)]
+                    tqdm.write("\n".join(lines))
+        bar.update(len(inputs[start:start + args.batch_size]))
+    bar.close()
+    if args.json:
+        atomic_write_text(args.json, json.dumps(results, indent=2) + "\n")
+    if args.csv:
+        buf = io.StringIO()
+        w = csv.writer(buf, lineterminator="\n")
+        w.writerow(["input", "labels", *bundle.labels])
+        for src, r in results.items():
+            w.writerow([src, ";".join(r["labels"]), *(f"{r['probabilities'][lb]:.6f}" for lb in bundle.labels)])
+        atomic_write_text(args.csv, buf.getvalue())
+    if failed:
+        print(f"{failed} of {len(inputs)} input(s) failed; {len(results)} processed", file=sys.stderr)
+    return 1 if failed or not inputs else 0

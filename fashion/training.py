@@ -307,6 +307,15 @@ class Trainer:
         self.log_dir = Path(cfg.log) / cfg.run
 
     def run(self) -> int:
+        stdout = sys.stdout
+        try:
+            return self._run()
+        finally:
+            if isinstance(sys.stdout, Tee):
+                sys.stdout.file.close()
+            sys.stdout = stdout
+
+    def _run(self) -> int:
         import yaml
 
         cfg = self.cfg
@@ -321,6 +330,9 @@ class Trainer:
         if not cfg.resume and (self.save_dir / "state.json").is_file():
             raise TrainError(f"{self.save_dir} already holds run '{cfg.run}': add --resume to continue it, "
                              f"or pick another --run")
+        # find pretrained weights before anything is written: a missing file leaves no empty run behind
+        weights = (None, None) if cfg.resume else model_lib.resolve_weights(cfg.weights, cfg.backbone,
+                                                                            Path(cfg.model_save))
         self.save_dir.mkdir(parents=True, exist_ok=True)
         self.log_dir.mkdir(parents=True, exist_ok=True)
         sys.stdout = Tee(sys.stdout, self.log_dir / "console.log")
@@ -351,7 +363,7 @@ class Trainer:
                 print(f"resuming {cfg.run}: stage {state['stage'] + 1}/{len(stages)}, after epoch {state['epoch']}")
                 model = keras.saving.load_model(self.save_dir / "last.keras")
             else:
-                model = self._build(labels)
+                model = self._build(labels, *weights)
         print(model_lib.describe(model))
         if cfg.lr_find:
             with strategy.scope():
@@ -424,9 +436,8 @@ class Trainer:
         print(f"\ninterrupted: checkpoint saved to {self.save_dir}/last.keras (epoch {saved['epoch'] + 1}, "
               f"step {taken}); continue with the same command plus --resume --run {self.cfg.run}", file=sys.stderr)
 
-    def _build(self, labels):
+    def _build(self, labels, notop: str | None, bundle: str | None):
         cfg = self.cfg
-        notop, bundle = model_lib.resolve_weights(cfg.weights, cfg.backbone, Path(cfg.model_save))
         model = model_lib.build_model(labels, cfg.backbone, cfg.image_size, notop, cfg.head_dropout)
         if bundle:
             model_lib.load_trunk_from_bundle(model, bundle)

@@ -1,0 +1,93 @@
+#!/usr/bin/env python
+"""Recipe quality on real imbalanced photos: our defaults vs the original recipe vs baselines.
+
+Run:   .venv/bin/python bench/quality.py                      (ccp-dev, 96 px, 8 epochs: ~8 min on 2 cores)
+       .venv/bin/python bench/quality.py --data myntra --size 64 --stored 72 --epochs 4   (issue #6 protocol)
+
+Ingests ../shared/data/<set> once (cached under bench/out/), then trains from
+scratch (`--weights none`, same split, crops and epochs) in fresh processes:
+  ours      python train.py (defaults)
+  original  --head-weights original --pos-weight none --loss bce --optimizer sgd --lr 0.01 --schedule constant
+            (the original project: loss weight ∝ frequency, SGD 1e-2, threshold 0.5)
+and prints, on the validation split, mAP and sample-F2 (at 0.5 and with thresholds
+tuned on the validation split: optimistic, shown for reference), beside the best
+constant label set (chosen on train) and class priors as scores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from datetime import date
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "data"
+OUT = ROOT / "bench" / "out"
+
+RECIPES = {
+    "ours (defaults)": [],
+    "original": ["--head-weights", "original", "--pos-weight", "none", "--loss", "bce", "--optimizer", "sgd",
+                 "--lr", "0.01", "--schedule", "constant"],
+}
+
+
+def ingest(name: str, stored: int) -> Path:
+    src = SHARED / name
+    out = OUT / f"{name}-{stored}"
+    if (out / "dataset.json").is_file():
+        return out
+    cmd = [sys.executable, "generate_dataset.py", str(src / "train+val.txt"), "--labels", str(src / "labels.txt"),
+           "--out", str(out), "--image-size", str(stored), "--cache", ""]
+    subprocess.run(cmd, cwd=ROOT, check=False, stdout=subprocess.DEVNULL)
+    if not (out / "dataset.json").is_file():
+        sys.exit(f"ingestion of {src} failed")
+    return out
+
+
+def train(data: Path, run: str, size: int, epochs: int, extra: list[str]) -> dict:
+    ms, log = OUT / "model_save", OUT / "log"
+    meta = ms / run / "meta.json"
+    if not meta.is_file():
+        cmd = [sys.executable, "train.py", "--data", str(data), "--weights", "none", "--image-size", str(size),
+               "--epochs", str(epochs), "--run", run, "--model-save", str(ms), "--log", str(log), *extra]
+        t = time.perf_counter()
+        p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+        if p.returncode != 0:
+            sys.exit(f"{run} failed:\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}")
+        print(f"  {run}: trained in {time.perf_counter() - t:.0f}s", flush=True)
+    return json.loads(meta.read_text())
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", default="ccp-dev", help="folder under ../shared/data")
+    ap.add_argument("--size", type=int, default=96, help="training crop size")
+    ap.add_argument("--stored", type=int, default=112, help="ingested image size")
+    ap.add_argument("--epochs", type=int, default=8)
+    ap.add_argument("--tag", default="", help="suffix for run names (reruns reuse finished runs)")
+    args = ap.parse_args()
+    if args.data == "myntra":
+        args.data = "myntra-dev"
+    data = ingest(args.data, args.stored)
+    print(f"{args.data}: stored {args.stored} px, trained at {args.size} px, {args.epochs} epochs, from scratch")
+    results = {}
+    for label, extra in RECIPES.items():
+        run = f"q-{args.data}-{args.size}-{args.epochs}-{label.split()[0]}{args.tag}"
+        results[label] = train(data, run, args.size, args.epochs, extra)["validation"]
+    base = next(iter(results.values()))["baselines"]
+    print(f"\n{date.today()}, {os.cpu_count()} cores — validation split of {args.data}")
+    print(f"{'recipe':<18} {'mAP':>6} {'F2 @0.5':>8} {'F2 tuned*':>10}")
+    for label, v in results.items():
+        print(f"{label:<18} {v['mAP']:6.3f} {v['f2_samples_at_0.5']:8.3f} {v['f2_samples_tuned']:10.3f}")
+    print(f"{'constant':<18} {'':>6} {base['constant']['f2_samples']:8.3f}")
+    print(f"{'class priors':<18} {base['prior']['mAP']:6.3f}")
+    print("* thresholds tuned on the same validation split (optimistic)")
+
+
+if __name__ == "__main__":
+    main()

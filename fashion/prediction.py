@@ -1,0 +1,89 @@
+"""Prediction with a bundle from train.py: per-category probabilities and the labels past their thresholds.
+
+Only inference imports here (no training modules), and the model loads once,
+in Keras' safe mode.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import numpy as np
+
+from . import imaging
+from .fetching import FetchError, Fetcher
+
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+
+
+class BundleError(Exception):
+    """No usable bundle (missing, or not one of ours)."""
+
+
+@dataclass
+class Bundle:
+    path: Path
+    model: object
+    labels: list[str]
+    heads: list[str]
+    thresholds: np.ndarray
+    input_size: int
+
+
+def newest_bundle(model_save: str | Path = "model_save") -> Path:
+    found = [p.parent for p in Path(model_save).glob("*/meta.json") if (p.parent / "model.keras").is_file()]
+    if not found:
+        raise BundleError(f"no bundle in {model_save}/ (train one with train.py, or pass --model)")
+    return max(found, key=lambda p: (p / "meta.json").stat().st_mtime)
+
+
+def load_bundle(path: str | Path | None = None, model_save: str | Path = "model_save") -> Bundle:
+    import keras
+
+    folder = Path(path) if path else newest_bundle(model_save)
+    if folder.suffix == ".keras":
+        folder = folder.parent
+    meta_path, model_path = folder / "meta.json", folder / "model.keras"
+    if not meta_path.is_file() or not model_path.is_file():
+        raise BundleError(f"{folder}: not a bundle (expected model.keras and meta.json there)")
+    meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    model = keras.saving.load_model(model_path, compile=False, safe_mode=True)
+    return Bundle(folder, model, meta["labels"], meta["heads"], np.asarray(meta["thresholds"], float),
+                  int(meta["input_size"]))
+
+
+def expand_inputs(args: Iterable[str]) -> Iterator[str]:
+    """Files, folders (recursive), globs, http(s) URLs and `-` (one path or URL per line on stdin)."""
+    for arg in args:
+        if arg == "-":
+            yield from (ln.strip() for ln in sys.stdin if ln.strip())
+        elif arg.startswith(("http://", "https://")):
+            yield arg
+        elif Path(arg).is_dir():
+            yield from sorted(str(p) for p in Path(arg).rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
+        elif any(c in arg for c in "*?[") and not Path(arg).exists():
+            matches = sorted(glob.glob(arg, recursive=True))
+            yield from matches if matches else [arg]  # an unmatched glob is reported as missing
+        else:
+            yield arg
+
+
+def load_image(source: str, fetcher: Fetcher, size: int) -> np.ndarray:
+    """uint8 RGB, shorter side to `size` and center-cropped: what validation saw."""
+    data = fetcher.fetch(source if source.startswith(("http://", "https://")) else str(Path(source).resolve()))
+    return imaging.resize(imaging.decode_rgb(data, target=size), size, "crop")
+
+
+def predict_arrays(bundle: Bundle, images: np.ndarray, tta: bool = False) -> np.ndarray:
+    """(N, S, S, 3) uint8 -> (N, classes) probabilities; `tta` averages with the mirrored image."""
+    out = bundle.model.predict_on_batch(images)
+    probs = np.concatenate([np.asarray(out[h]).reshape(-1, 1) for h in bundle.heads], axis=1)
+    if tta:
+        out = bundle.model.predict_on_batch(np.ascontiguousarray(images[:, :, ::-1]))
+        probs = (probs + np.concatenate([np.asarray(out[h]).reshape(-1, 1) for h in bundle.heads], axis=1)) / 2
+    return probs
