@@ -469,6 +469,7 @@ class Trainer:
         thresholds = metrics.tune_thresholds(y_val, scores)
         at_half = metrics.summary(y_val, scores, 0.5)
         tuned = metrics.summary(y_val, scores, thresholds)
+        crossfit = metrics.crossfit_f2(y_val, scores)
         y_train = pipeline.labels_of(train.files, len(labels))
         const = metrics.constant_baseline(y_train, y_val)
         prior = metrics.prior_baseline(y_train, y_val)
@@ -479,6 +480,7 @@ class Trainer:
             "backbone": self.cfg.backbone, "thresholds": [float(t) for t in thresholds],
             "head_weights": [float(w) for w in hw], "pos_weights": [float(w) for w in pw],
             "validation": {"mAP": tuned["mAP"], "f2_samples_tuned": tuned["f2_samples"],
+                           "f2_samples_tuned_crossfit": crossfit,
                            "f2_samples_at_0.5": at_half["f2_samples"], "f1_macro_tuned": tuned["f1_macro"],
                            "ap": dict(zip(labels, at_half["ap"])),
                            "baselines": {"constant": const, "prior": prior}},
@@ -490,10 +492,11 @@ class Trainer:
         records.atomic_write_json(self.save_dir / "meta.json", meta)
         print(f"\nvalidation ({len(y_val)} images):")
         print(f"  model     mAP {tuned['mAP']:.3f}   sample-F2 {at_half['f2_samples']:.3f} at 0.5, "
-              f"{tuned['f2_samples']:.3f} with tuned thresholds   macro-F1 {tuned['f1_macro']:.3f}")
+              f"{tuned['f2_samples']:.3f} with thresholds tuned here ({crossfit:.3f} tuned on the other half, "
+              f"the honest figure)   macro-F1 {tuned['f1_macro']:.3f}")
         print(f"  constant  sample-F2 {const['f2_samples']:.3f} (always {[labels[i] for i in const['labels']]})")
         print(f"  priors    mAP {prior['mAP']:.3f}")
-        gain = tuned["f2_samples"] - const["f2_samples"]
+        gain = crossfit - const["f2_samples"]
         if gain <= 0:
             print(f"warning: the model does not beat the constant predictor on sample-F2 ({gain:+.3f})")
         print(f"bundle: {self.save_dir}/model.keras + meta.json; logs: {self.log_dir}/")

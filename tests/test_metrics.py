@@ -42,3 +42,11 @@ def test_prior_baseline_map_equals_prevalence():
     y = np.array([[1, 0], [0, 1], [1, 0], [0, 0]])
     out = metrics.prior_baseline(y, y)
     assert out["mAP"] == pytest.approx((0.5 + 0.25) / 2)
+
+
+def test_crossfit_is_not_above_in_sample_tuning_on_noise():
+    rng = np.random.default_rng(5)
+    y = (rng.random((300, 6)) < 0.3).astype(int)
+    scores = rng.random(y.shape)  # pure noise: in-sample tuning flatters, cross-fitting must not
+    in_sample = metrics.fbeta_samples(y, scores >= metrics.tune_thresholds(y, scores))
+    assert metrics.crossfit_f2(y, scores) < in_sample
