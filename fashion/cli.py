@@ -279,3 +279,40 @@ def detect_main(argv: list[str] | None = None) -> int:
     if failed:
         print(f"{failed} of {len(inputs)} input(s) failed; {len(results)} processed", file=sys.stderr)
     return 1 if failed or not inputs else 0
+
+
+def evaluate_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="evaluate.py",
+        description="Score a bundle on a dataset split: mAP, sample-F2 (tuned and 0.5 thresholds), macro/micro "
+                    "F1, per-class AP/precision/recall/ROC-AUC, beside the constant predictor and class priors; "
+                    "writes metrics.json, PNG plots, top losses and index.html.",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", metavar="DIR", help="bundle folder (default: the newest in model_save/)")
+    p.add_argument("--model-save", default="model_save", metavar="DIR", help="(default: model_save)")
+    p.add_argument("--data", default="data/records", metavar="DIR", help="dataset folder (default: data/records)")
+    p.add_argument("--split", default="val", help="split to score (default: val)")
+    p.add_argument("--threshold", type=float, metavar="P", help="one fixed threshold instead of the tuned ones")
+    p.add_argument("--out", default="report", metavar="DIR", help="report folder (default: report)")
+    p.add_argument("--top-losses", type=int, default=20, metavar="K", help="images in the top-losses view "
+                   "(default: 20)")
+    return p
+
+
+def evaluate_main(argv: list[str] | None = None) -> int:
+    from pathlib import Path
+
+    args = evaluate_parser().parse_args(argv)
+    from . import evaluation, prediction
+
+    try:
+        bundle = prediction.load_bundle(args.model, args.model_save)
+        result, y, scores, ids = evaluation.evaluate(bundle, args.data, args.split, args.threshold)
+    except (prediction.BundleError, FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    evaluation.print_summary(result)
+    written = evaluation.write_report(Path(args.out), bundle, result, y, scores, ids, args.data, args.split,
+                                      evaluation.history_for(bundle), args.top_losses)
+    print(f"report: {Path(args.out) / 'index.html'} ({len(written)} files)")
+    return 0

@@ -89,3 +89,24 @@ def test_same_numbers_as_the_model_and_newest_bundle_default(bundle, tmp_path, c
 def test_no_bundle_is_a_clear_error(tmp_path, capsys):
     assert detect_main([photos(1)[0], "--model-save", str(tmp_path)]) == 2
     assert "no bundle" in capsys.readouterr().err
+
+
+def test_evaluate_writes_metrics_plots_and_top_losses(bundle, tmp_path, capsys):
+    from fashion.cli import evaluate_main, generate_dataset_main
+
+    data = tmp_path / "records"
+    assert generate_dataset_main([str(SAMPLE / "train+val.txt"), "--labels", str(SAMPLE / "labels.txt"),
+                                  "--out", str(data), "--image-size", "40"]) == 0
+    out = tmp_path / "report"
+    assert evaluate_main(["--model", str(bundle), "--data", str(data), "--out", str(out), "--top-losses", "5"]) == 0
+    assert "constant" in capsys.readouterr().out
+    m = json.loads((out / "metrics.json").read_text())
+    for key in ("mAP", "f2_samples", "f1_macro", "per_class", "baselines", "verdict"):
+        assert key in m
+    assert set(m["per_class"]) == set(LABELS) and set(m["baselines"]) == {"constant", "prior"}
+    assert m["per_class"]["shoes"]["threshold"] == 0.0 and m["per_class"]["gloves"]["threshold"] == 1.0
+    for png in ("pr_curves.png", "ap_per_class.png", "cooccurrence.png", "top_losses.png"):
+        assert (out / png).read_bytes()[:4] == b"\x89PNG"
+    rows = list(csv.reader((out / "top_losses.csv").open()))
+    assert rows[0][:4] == ["id", "true_labels", "predicted_labels", "action"] and len(rows) == 6
+    assert "sample-F2" in (out / "index.html").read_text()
