@@ -4,8 +4,21 @@ from __future__ import annotations
 
 import argparse
 import sys
+import textwrap
 
 from .config import IngestConfig, add_option, load_yaml, resolve
+
+
+def _parser(prog: str, description: str, epilog: str = "") -> argparse.ArgumentParser:
+    """A parser whose description is wrapped and whose epilog (examples) keeps its lines."""
+    return argparse.ArgumentParser(prog=prog, description=textwrap.fill(description, 79), epilog=epilog,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
+def _bundle_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", metavar="DIR", help="bundle folder (default: the newest in --model-save)")
+    p.add_argument("--model-save", default="model_save", metavar="DIR",
+                   help="where to look for the newest bundle (default: model_save)")
 
 
 def _size(text: str) -> int:
@@ -20,18 +33,17 @@ def _size(text: str) -> int:
 
 def ingest_parser() -> argparse.ArgumentParser:
     C = IngestConfig
-    p = argparse.ArgumentParser(
-        prog="generate_dataset.py",
-        description="Download, verify and resize the images of a labelled list into sharded TFRecords "
+    p = _parser(
+        "generate_dataset.py",
+        "Download, verify and resize the images of a labelled list into sharded TFRecords "
                     "with a dataset.json manifest and a failures.csv of every line skipped.",
-        epilog="List formats: the original `id,url,l0,...,lN` lines (no header), or a CSV with a header "
+        "List formats: the original `id,url,l0,...,lN` lines (no header), or a CSV with a header "
                "naming a path/url column and a `labels` column of ';'-separated names. URLs may be http(s)://, "
                "file:// or local paths (relative to the list's folder). Rerun the same command after an "
                "interruption to finish; exit code 0 = everything written, 1 = some lines skipped, "
                "2 = nothing done (bad options or input), 130 = interrupted.\n"
                "Example: python generate_dataset.py data/sample/train+val.txt --labels data/sample/labels.txt "
-               "--out data/records",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+               "--out data/records")
     p.add_argument("list", nargs="?", default=argparse.SUPPRESS, metavar="LIST",
                    help=f"list file, or - for standard input (default: {C.list})")
     p.add_argument("--verify", metavar="DIR", help="check an existing dataset (CRC, decoding, counts, sha256) "
@@ -108,17 +120,16 @@ def _check(cfg: IngestConfig) -> None:
 def train_parser() -> argparse.ArgumentParser:
     from .config import TrainConfig as C
 
-    p = argparse.ArgumentParser(
-        prog="train.py",
-        description="Train a DenseNet trunk with one sigmoid head per class on a dataset made by "
+    p = _parser(
+        "train.py",
+        "Train a DenseNet trunk with one sigmoid head per class on a dataset made by "
                     "generate_dataset.py; writes model_save/RUN/ (model.keras + meta.json with tuned "
                     "thresholds) and log/RUN/ (history.csv, TensorBoard, config.yaml, console.log).",
-        epilog="Examples:\n"
+        "Examples:\n"
                "  python train.py --weights none --image-size 64 --epochs 4\n"
                "  python train.py --stages heads:2,all:10:5e-4      # the usual two-stage fine-tune\n"
                "  python train.py --run myrun --resume              # continue an interrupted run\n"
-               "Exit code: 0 done, 2 bad options or input, 130 interrupted (checkpoint saved).",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+               "Exit code: 0 done, 2 bad options or input, 130 interrupted (checkpoint saved).")
     p.add_argument("--config", metavar="FILE.yaml", help="YAML file of option: value pairs; flags override it")
     g = p.add_argument_group("data and run")
     add_option(g, C, "--data", "dataset folder (dataset.json + shards)", metavar="DIR")
@@ -196,18 +207,15 @@ def train_main(argv: list[str] | None = None) -> int:
 
 
 def detect_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="detect.py",
-        description="Per-category probabilities for images, with the labels that pass the per-class "
+    p = _parser(
+        "detect.py",
+        "Per-category probabilities for images, with the labels that pass the per-class "
                     "thresholds tuned on validation data (marked *).",
-        epilog="Inputs: image files, folders (searched recursively), globs ('photos/*.jpg'), http(s) URLs, "
+        "Inputs: image files, folders (searched recursively), globs ('photos/*.jpg'), http(s) URLs, "
                "or - to read paths/URLs from standard input.\n"
-               "Exit code: 0 all images processed, 1 some failed (each reported on one line), 2 no model.",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+               "Exit code: 0 all images processed, 1 some failed (each reported on one line), 2 no model.")
     p.add_argument("inputs", nargs="+", metavar="IMAGE", help="images, folders, globs, URLs or -")
-    p.add_argument("--model", metavar="DIR", help="bundle folder (default: the newest in model_save/)")
-    p.add_argument("--model-save", default="model_save", metavar="DIR",
-                   help="where to look for the newest bundle (default: model_save)")
+    _bundle_args(p)
     p.add_argument("--threshold", type=float, metavar="P",
                    help="one threshold for every class instead of the tuned ones")
     p.add_argument("--json", metavar="FILE", help="write {input: {probabilities: {label: p}, labels: [...]}}")
@@ -282,14 +290,12 @@ def detect_main(argv: list[str] | None = None) -> int:
 
 
 def evaluate_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="evaluate.py",
-        description="Score a bundle on a dataset split: mAP, sample-F2 (tuned and 0.5 thresholds), macro/micro "
+    p = _parser(
+        "evaluate.py",
+        "Score a bundle on a dataset split: mAP, sample-F2 (tuned and 0.5 thresholds), macro/micro "
                     "F1, per-class AP/precision/recall/ROC-AUC, beside the constant predictor and class priors; "
-                    "writes metrics.json, PNG plots, top losses and index.html.",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", metavar="DIR", help="bundle folder (default: the newest in model_save/)")
-    p.add_argument("--model-save", default="model_save", metavar="DIR", help="(default: model_save)")
+                    "writes metrics.json, PNG plots, top losses and index.html.")
+    _bundle_args(p)
     p.add_argument("--data", default="data/records", metavar="DIR", help="dataset folder (default: data/records)")
     p.add_argument("--split", default="val", help="split to score (default: val)")
     p.add_argument("--threshold", type=float, metavar="P", help="one fixed threshold instead of the tuned ones")
