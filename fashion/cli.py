@@ -36,14 +36,14 @@ def ingest_parser() -> argparse.ArgumentParser:
     p = _parser(
         "generate_dataset.py",
         "Download, verify and resize the images of a labelled list into sharded TFRecords "
-                    "with a dataset.json manifest and a failures.csv of every line skipped.",
-        "List formats: the original `id,url,l0,...,lN` lines (no header), or a CSV with a header "
-               "naming a path/url column and a `labels` column of ';'-separated names. URLs may be http(s)://, "
-               "file:// or local paths (relative to the list's folder). Rerun the same command after an "
-               "interruption to finish; exit code 0 = everything written, 1 = some lines skipped, "
-               "2 = nothing done (bad options or input), 130 = interrupted.\n"
-               "Example: python generate_dataset.py data/sample/train+val.txt --labels data/sample/labels.txt "
-               "--out data/records")
+        "with a dataset.json manifest and a failures.csv of every line skipped.",
+        textwrap.fill("List formats: the original `id,url,l0,...,lN` lines (no header), or a CSV with a header "
+                      "naming a path/url column and a `labels` column of ';'-separated names. URLs may be "
+                      "http(s)://, file:// or local paths (relative to the list's folder). Rerun the same command "
+                      "after an interruption to finish.", 79)
+        + "\n\nexit code: 0 everything written, 1 some lines skipped (see failures.csv),\n"
+          "           2 nothing done (bad options or input), 130 interrupted\n\nexample:\n"
+          "  python generate_dataset.py data/sample/train+val.txt --labels data/sample/labels.txt --out data/records")
     p.add_argument("list", nargs="?", default=argparse.SUPPRESS, metavar="LIST",
                    help=f"list file, or - for standard input (default: {C.list})")
     p.add_argument("--verify", metavar="DIR", help="check an existing dataset (CRC, decoding, counts, sha256) "
@@ -211,9 +211,9 @@ def detect_parser() -> argparse.ArgumentParser:
         "detect.py",
         "Per-category probabilities for images, with the labels that pass the per-class "
                     "thresholds tuned on validation data (marked *).",
-        "Inputs: image files, folders (searched recursively), globs ('photos/*.jpg'), http(s) URLs, "
-               "or - to read paths/URLs from standard input.\n"
-               "Exit code: 0 all images processed, 1 some failed (each reported on one line), 2 no model.")
+        "inputs: image files, folders (searched recursively), globs ('photos/*.jpg'),\n"
+        "        http(s) URLs, or - to read paths/URLs from standard input\n"
+        "exit code: 0 all images processed, 1 some failed (one line each), 2 no model")
     p.add_argument("inputs", nargs="+", metavar="IMAGE", help="images, folders, globs, URLs or -")
     _bundle_args(p)
     p.add_argument("--threshold", type=float, metavar="P",
