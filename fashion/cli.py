@@ -302,6 +302,9 @@ def evaluate_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="report", metavar="DIR", help="report folder (default: report)")
     p.add_argument("--top-losses", type=int, default=20, metavar="K", help="images in the top-losses view "
                    "(default: 20)")
+    p.add_argument("--export", action="append", choices=("savedmodel", "tflite"),
+                   help="write a serving SavedModel (BUNDLE/saved_model/) or BUNDLE/model.tflite and exit "
+                        "(repeatable); detect.py --model BUNDLE/model.tflite runs the TFLite one")
     return p
 
 
@@ -313,6 +316,10 @@ def evaluate_main(argv: list[str] | None = None) -> int:
 
     try:
         bundle = prediction.load_bundle(args.model, args.model_save)
+        if args.export:
+            for fmt in args.export:
+                print(f"exported {fmt}: {prediction.export_bundle(bundle, fmt)}")
+            return 0
         result, y, scores, ids = evaluation.evaluate(bundle, args.data, args.split, args.threshold)
     except (prediction.BundleError, FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)

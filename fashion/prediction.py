@@ -46,6 +46,8 @@ def load_bundle(path: str | Path | None = None, model_save: str | Path = "model_
     import keras
 
     folder = Path(path) if path else newest_bundle(model_save)
+    if folder.suffix == ".tflite":
+        return load_tflite_bundle(folder)
     if folder.suffix == ".keras":
         folder = folder.parent
     meta_path, model_path = folder / "meta.json", folder / "model.keras"
@@ -87,3 +89,50 @@ def predict_arrays(bundle: Bundle, images: np.ndarray, tta: bool = False) -> np.
         out = bundle.model.predict_on_batch(np.ascontiguousarray(images[:, :, ::-1]))
         probs = (probs + np.concatenate([np.asarray(out[h]).reshape(-1, 1) for h in bundle.heads], axis=1)) / 2
     return probs
+
+
+class TFLiteModel:
+    """A .tflite export behind the same `predict_on_batch` as a Keras model (dict of head outputs)."""
+
+    def __init__(self, path: Path):
+        import tensorflow as tf
+
+        self.interpreter = tf.lite.Interpreter(model_path=str(path))
+        self.runner = self.interpreter.get_signature_runner("serving_default")
+        self.input_name = self.interpreter.get_signature_list()["serving_default"]["inputs"][0]
+
+    def predict_on_batch(self, images: np.ndarray) -> dict:
+        return self.runner(**{self.input_name: np.ascontiguousarray(images, dtype=np.uint8)})
+
+
+def load_tflite_bundle(path: Path) -> Bundle:
+    meta_path = path.parent / "meta.json"
+    if not meta_path.is_file():
+        raise BundleError(f"{path}: no meta.json beside it (labels and thresholds come from there)")
+    meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    return Bundle(path.parent, TFLiteModel(path), meta["labels"], meta["heads"],
+                  np.asarray(meta["thresholds"], float), int(meta["input_size"]))
+
+
+def export_bundle(bundle: Bundle, fmt: str) -> Path:
+    """`savedmodel` -> BUNDLE/saved_model/ (serving signature); `tflite` -> BUNDLE/model.tflite."""
+    import shutil
+    import tempfile
+
+    from .records import atomic_write_bytes
+
+    if fmt not in ("savedmodel", "tflite"):
+        raise ValueError(f"--export must be savedmodel or tflite, got {fmt!r}")
+    with tempfile.TemporaryDirectory(dir=bundle.path, prefix=".export-") as tmp:
+        saved = Path(tmp) / "saved_model"
+        bundle.model.export(str(saved), format="tf_saved_model", verbose=False)
+        if fmt == "savedmodel":
+            target = bundle.path / "saved_model"
+            shutil.rmtree(target, ignore_errors=True)
+            saved.rename(target)  # same folder: a rename, never a half-copied export
+            return target
+        import tensorflow as tf
+
+        target = bundle.path / "model.tflite"
+        atomic_write_bytes(target, tf.lite.TFLiteConverter.from_saved_model(str(saved)).convert())
+        return target

@@ -110,3 +110,20 @@ def test_evaluate_writes_metrics_plots_and_top_losses(bundle, tmp_path, capsys):
     rows = list(csv.reader((out / "top_losses.csv").open()))
     assert rows[0][:4] == ["id", "true_labels", "predicted_labels", "action"] and len(rows) == 6
     assert "sample-F2" in (out / "index.html").read_text()
+
+
+def test_tflite_export_agrees_with_keras(bundle, tmp_path):
+    from fashion.cli import evaluate_main
+
+    work = tmp_path / "b"
+    shutil.copytree(bundle, work)
+    assert evaluate_main(["--model", str(work), "--export", "tflite", "--export", "savedmodel"]) == 0
+    assert (work / "model.tflite").is_file() and (work / "saved_model" / "saved_model.pb").is_file()
+    a, b = tmp_path / "keras.json", tmp_path / "tflite.json"
+    assert detect_main([*photos(3), "--model", str(work), "--json", str(a), "--quiet"]) == 0
+    assert detect_main([*photos(3), "--model", str(work / "model.tflite"), "--json", str(b), "--quiet"]) == 0
+    ka, kb = json.loads(a.read_text()), json.loads(b.read_text())
+    for src in ka:
+        for label in LABELS:
+            assert kb[src]["probabilities"][label] == pytest.approx(ka[src]["probabilities"][label], abs=1e-4)
+        assert kb[src]["labels"] == ka[src]["labels"]
