@@ -121,7 +121,6 @@ def main() -> None:
                                                                    callbacks=[cb]), b, args.warmup, args.steps))
                 rows.append((size, group, ra, rb, rc))
                 print(f"{size:>4} {group:>5}: (a) {ra:7.1f}  (b) {rb:7.1f}  (c) {rc:7.1f} img/s", flush=True)
-                del m, ref
                 keras.backend.clear_session()
     print(f"\ndate {date.today()}, {os.cpu_count()} cores, batch {b}, {args.steps} timed steps after {args.warmup}, "
           f"best of {args.rounds} alternating rounds")

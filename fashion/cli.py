@@ -7,6 +7,7 @@ import sys
 import textwrap
 
 from .config import IngestConfig, add_option, load_yaml, resolve
+from .sources import ListError
 
 
 def _parser(prog: str, description: str, epilog: str = "") -> argparse.ArgumentParser:
@@ -101,7 +102,7 @@ def generate_dataset_main(argv: list[str] | None = None) -> int:
             cfg.cache = None
         _check(cfg)
         return ingest.Ingest(cfg, ingest.command_line(argv)).run()
-    except (ingest.IngestError, ingest.ListError, ValueError, OSError) as e:
+    except (ingest.IngestError, ListError, ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return ingest.EXIT_FATAL
 

@@ -33,7 +33,7 @@ from tqdm import tqdm
 from . import imaging, records, reports, splits
 from .config import IngestConfig
 from .fetching import FetchError, Fetcher
-from .sources import Failure, Item, ListError, open_list, parse_list, read_label_names
+from .sources import Failure, Item, open_list, parse_list, read_label_names
 
 PARTIAL = ".partial"
 EXIT_OK, EXIT_FAILURES, EXIT_FATAL, EXIT_INTERRUPTED = 0, 1, 2, 130

@@ -16,7 +16,7 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from . import imaging
-from .fetching import FetchError, Fetcher
+from .fetching import Fetcher
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
