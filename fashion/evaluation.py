@@ -27,9 +27,10 @@ def evaluate(bundle: prediction.Bundle, data: str | Path, split: str = "val",
     ds = pipeline.make_dataset(part.files, n, image_size=bundle.input_size, batch_size=64, training=False,
                                count=part.count)
     out = bundle.model.predict(ds, verbose=0)
-    scores = np.concatenate([np.asarray(out[h]).reshape(-1, 1) for h in bundle.heads], axis=1)
-    y = pipeline.labels_of(part.files, n).astype(int)
-    ids = [r["id"] for r in records.iter_records(part.files, n)]
+    scores = prediction.stack_heads(out, bundle.heads)
+    recs = [(r["id"], r["labels"]) for r in records.iter_records(part.files, n)]  # one pass: ids and labels
+    ids = [i for i, _ in recs]
+    y = np.array([lab for _, lab in recs], dtype=int).reshape(len(recs), n)
     th = np.full(n, threshold) if threshold is not None else bundle.thresholds
     pred = scores >= th
     ap = metrics.average_precision(y, scores)

@@ -81,13 +81,17 @@ def load_image(source: str, fetcher: Fetcher, size: int) -> np.ndarray:
     return imaging.resize(imaging.decode_rgb(data, target=size), size, "crop")
 
 
+def stack_heads(out: dict, heads: list[str]) -> np.ndarray:
+    """The model's {head: (N, 1)} outputs as one (N, classes) array in label order."""
+    return np.concatenate([np.asarray(out[h]).reshape(-1, 1) for h in heads], axis=1)
+
+
 def predict_arrays(bundle: Bundle, images: np.ndarray, tta: bool = False) -> np.ndarray:
     """(N, S, S, 3) uint8 -> (N, classes) probabilities; `tta` averages with the mirrored image."""
-    out = bundle.model.predict_on_batch(images)
-    probs = np.concatenate([np.asarray(out[h]).reshape(-1, 1) for h in bundle.heads], axis=1)
+    probs = stack_heads(bundle.model.predict_on_batch(images), bundle.heads)
     if tta:
-        out = bundle.model.predict_on_batch(np.ascontiguousarray(images[:, :, ::-1]))
-        probs = (probs + np.concatenate([np.asarray(out[h]).reshape(-1, 1) for h in bundle.heads], axis=1)) / 2
+        mirrored = bundle.model.predict_on_batch(np.ascontiguousarray(images[:, :, ::-1]))
+        probs = (probs + stack_heads(mirrored, bundle.heads)) / 2
     return probs
 
 

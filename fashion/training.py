@@ -28,6 +28,7 @@ import numpy as np
 
 from . import losses, metrics, model as model_lib, pipeline, records
 from .config import TrainConfig
+from .prediction import stack_heads
 
 EXIT_OK, EXIT_FATAL, EXIT_INTERRUPTED = 0, 2, 130
 OPTIMIZERS = ("sgd", "adam", "adamw")
@@ -175,8 +176,7 @@ def write_state(folder: Path, state: dict) -> None:
 
 
 def predict_scores(model, ds, names) -> np.ndarray:
-    out = model.predict(ds, verbose=0)
-    return np.concatenate([np.asarray(out[n]).reshape(-1, 1) for n in names], axis=1)
+    return stack_heads(model.predict(ds, verbose=0), names)
 
 
 # --------------------------------------------------------------------------- lr range test
