@@ -43,10 +43,19 @@ def ingest_parser() -> argparse.ArgumentParser:
                       "http(s)://, file:// or local paths (relative to the list's folder). Rerun the same command "
                       "after an interruption to finish.", 79)
         + "\n\nexit code: 0 everything written, 1 some lines skipped (see failures.csv),\n"
-          "           2 nothing done (bad options or input), 130 interrupted\n\nexample:\n"
-          "  python generate_dataset.py data/sample/train+val.txt --labels data/sample/labels.txt --out data/records")
+          "           2 nothing done (bad options or input), 130 interrupted\n\nexamples:\n"
+          "  python generate_dataset.py data/sample/train+val.txt --labels data/sample/labels.txt --out data/records\n"
+          "  # single-label (task multiclass, one-hot labels):\n"
+          "  python generate_dataset.py --from-folders data/clothing-small --out data/cs    # CLASS/ or train|valid/CLASS/\n"
+          "  python generate_dataset.py images/ --label-regex '([^/]+)_\\d+\\.jpg$' --out data/pets\n"
+          "  python generate_dataset.py --from-lists paddle/ --out data/flowers            # label_list.txt + *_list.txt\n"
+          "  python generate_dataset.py --from-urls urls/ --max-per-class 200 --out data/bears  # CLASS.txt of URLs\n"
+          "  # rebuild honouring the review.csv written by evaluate.py (drop / relabel rows):\n"
+          "  python generate_dataset.py --from-folders data/clothing-small --out data/cs2 --apply-review report/review.csv\n"
+          "  python generate_dataset.py --verify data/cs")
     p.add_argument("list", nargs="?", default=argparse.SUPPRESS, metavar="LIST",
-                   help=f"list file, or - for standard input (default: {C.list})")
+                   help=f"list file, - for standard input, or a folder of images with --label-regex "
+                        f"(default: {C.list})")
     p.add_argument("--verify", metavar="DIR", help="check an existing dataset (CRC, decoding, counts, sha256) "
                                                    "and exit")
     p.add_argument("--config", metavar="FILE.yaml", help="YAML file of option: value pairs; flags override it")
@@ -85,6 +94,23 @@ def ingest_parser() -> argparse.ArgumentParser:
                metavar="N")
     add_option(g, C, "--seed", "random seed of the split", type=int)
     add_option(g, C, "--shard-size", "records per shard", type=int, metavar="N")
+    g = p.add_argument_group("label sources", textwrap.fill(
+        "Single-label datasets (task multiclass, one-hot labels), instead of LIST. Splits given by the source "
+        "are kept, else --val-fraction/--val-count apply; class names are sorted.", 77))
+    add_option(g, C, "--from-folders", "a folder per class (images found recursively; class = subfolder "
+               "name); DIR/train + DIR/valid|validation|val [+ DIR/test] holding class folders keep those splits",
+               metavar="DIR")
+    add_option(g, C, "--label-regex", "with LIST a folder: class = first group of RE searched in each image's "
+               r"path relative to LIST ('/' separators), e.g. '([^/]+)_\d+\.jpg$'", metavar="RE")
+    add_option(g, C, "--from-lists", "PaddleHub layout: DIR/label_list.txt (a class per line) + "
+               "train_list.txt, validate_list.txt [, test_list.txt] of 'relative/path label_index_or_name'",
+               metavar="DIR")
+    add_option(g, C, "--from-urls", "DIR/CLASS.txt or CLASS.csv: one image URL per line (first column) per "
+               "class, downloaded like LIST's URLs", metavar="DIR")
+    add_option(g, C, "--max-per-class", "with --from-urls: take at most N URLs of each class; none = no cap",
+               type=int, metavar="N")
+    add_option(g, C, "--apply-review", "CSV written by evaluate.py (id,...,action,new_labels): leave out the "
+               "'drop' ids and give 'relabel' ids their new_labels; works with any source", metavar="FILE")
     return p
 
 
@@ -116,6 +142,23 @@ def _check(cfg: IngestConfig) -> None:
         raise ValueError(f"--val-fraction must be in [0, 1), got {cfg.val_fraction}")
     if cfg.workers < 1 or cfg.shard_size < 1:
         raise ValueError("--workers and --shard-size must be at least 1")
+    from pathlib import Path
+
+    from .config import DEFAULT_LIST
+
+    chosen = [f for f, v in (("--from-folders", cfg.from_folders), ("--from-lists", cfg.from_lists),
+                             ("--from-urls", cfg.from_urls), ("--label-regex", cfg.label_regex)) if v]
+    if len(chosen) > 1:
+        raise ValueError(f"choose one label source, got {' and '.join(chosen)}")
+    if chosen and chosen[0] != "--label-regex" and cfg.list != DEFAULT_LIST:
+        raise ValueError(f"give either LIST ({cfg.list}) or {chosen[0]}, not both")
+    if cfg.label_regex and not Path(cfg.list).is_dir():
+        raise ValueError(f"--label-regex needs LIST to be a folder of images, got {cfg.list}")
+    if not chosen and cfg.list != "-" and Path(cfg.list).is_dir():
+        raise ValueError(f"{cfg.list} is a folder: add --label-regex RE (class from each file name), or use "
+                         f"--from-folders {cfg.list} (a folder per class)")
+    if cfg.max_per_class is not None and (cfg.max_per_class < 1 or not cfg.from_urls):
+        raise ValueError("--max-per-class takes N >= 1 and works with --from-urls")
 
 
 def train_parser() -> argparse.ArgumentParser:

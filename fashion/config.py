@@ -50,6 +50,13 @@ class IngestConfig:
     val_count: int | None = None
     seed: int = 0
     shard_size: int = 1024
+    # label sources (single-label: one-hot labels, task "multiclass")
+    from_folders: str | None = None
+    label_regex: str | None = None
+    from_lists: str | None = None
+    from_urls: str | None = None
+    max_per_class: int | None = None
+    apply_review: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

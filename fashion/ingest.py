@@ -30,10 +30,10 @@ from typing import Any, Iterable, Iterator
 import numpy as np
 from tqdm import tqdm
 
-from . import imaging, records, reports, splits
+from . import imaging, records, reports, review, sources, splits
 from .config import IngestConfig
 from .fetching import FetchError, Fetcher
-from .sources import Failure, Item, open_list, parse_list, read_label_names
+from .sources import Failure, Item, ParsedList, open_list, parse_list, read_label_names
 
 PARTIAL = ".partial"
 EXIT_OK, EXIT_FAILURES, EXIT_FATAL, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -68,18 +68,30 @@ def _content_options(cfg: IngestConfig) -> dict[str, Any]:
 def fingerprint(cfg: IngestConfig, labels: list[str], items: list[Item]) -> str:
     h = hashlib.sha256(json.dumps([_content_options(cfg), labels], sort_keys=True).encode())
     for it in items:
-        h.update(f"{it.id}\t{it.source}\t{''.join(map(str, it.labels))}\n".encode())
+        given = f"\t{it.split}" if it.split else ""  # unchanged for the list formats (their reruns match)
+        h.update(f"{it.id}\t{it.source}\t{''.join(map(str, it.labels))}{given}\n".encode())
     return h.hexdigest()[:16]
 
 
-def plan_shards(items: list[Item], cfg: IngestConfig, part: str) -> list[ShardPlan]:
-    """Split the items, then cut each split into shards of `shard_size` in list order."""
-    y = np.array([it.labels for it in items], dtype=int).reshape(len(items), -1)
+def plan_shards(items: list[Item], cfg: IngestConfig, part: str, shuffle: bool = False) -> list[ShardPlan]:
+    """Split the items, then cut each split into shards of `shard_size` in list order.
+
+    Items whose split the source fixed (train/val/test folders or lists) keep it; the others are
+    split by `split_indices`. `shuffle` mixes each split's order with `--seed` (folder sources come
+    sorted by class, and a class-sorted shard would starve the training shuffle buffer).
+    """
+    free = [i for i, it in enumerate(items) if not it.split]
+    width = len(items[0].labels) if items else 0
+    y = np.array([items[i].labels for i in free], dtype=int).reshape(len(free), width)
     train_idx, val_idx = splits.split_indices(y, val_fraction=cfg.val_fraction, val_count=cfg.val_count,
                                               seed=cfg.seed)
+    assigned = {free[i]: "train" for i in train_idx} | {free[i]: "val" for i in val_idx}
     plans: list[ShardPlan] = []
-    for split, idx in (("train", train_idx), ("val", val_idx)):
-        chosen = [items[i] for i in idx]
+    for split in records.ALL_SPLITS:
+        chosen = [it for i, it in enumerate(items) if (it.split or assigned.get(i)) == split]
+        if shuffle:
+            rng = np.random.default_rng([cfg.seed, records.ALL_SPLITS.index(split)])
+            chosen = [chosen[i] for i in rng.permutation(len(chosen))]
         total = max(1, -(-len(chosen) // cfg.shard_size)) if chosen else 0
         for s in range(total):
             plans.append(ShardPlan(split, s, total, part, chosen[s * cfg.shard_size:(s + 1) * cfg.shard_size]))
@@ -159,6 +171,8 @@ class Ingest:
         self.command = command
         self.out = Path(cfg.out)
         self.partial = self.out / PARTIAL
+        self.task = "multilabel"
+        self.review_info: dict[str, Any] | None = None
 
     # ---- state files in OUT/.partial/
     def _state_path(self, plan: ShardPlan) -> Path:
@@ -174,20 +188,32 @@ class Ingest:
             return None
         return state if state.get("bytes") == shard.stat().st_size else None
 
+    @property
+    def source_name(self) -> str:
+        c = self.cfg
+        return c.from_folders or c.from_lists or c.from_urls or c.list
+
     def run(self) -> int:
         cfg = self.cfg
         existing = self._existing_manifest()
         labels = self._label_names(existing)
         parsed = self._read_list(labels)
+        self.task = parsed.task
+        if existing is not None and existing.get("task", "multilabel") != parsed.task:
+            raise IngestError(f"{self.out} holds a {existing.get('task', 'multilabel')} dataset; "
+                              f"{self.source_name} gives {parsed.task} labels")
+        for note in parsed.notes:
+            print(note)
+        self.review_info = self._apply_review(parsed)
         line_failures = list(parsed.failures)
         items = parsed.items
         labels = parsed.label_names
         if cfg.strict and line_failures:
             for f in line_failures:
-                print(f"error: {cfg.list}: {f.reason}", file=sys.stderr)
+                print(f"error: {self.source_name}: {f.reason}", file=sys.stderr)
             raise IngestError(f"{len(line_failures)} bad line(s) and --strict is set: nothing written")
         for f in line_failures:
-            tqdm.write(f"warning: {cfg.list}: {f.reason}", file=sys.stderr)
+            tqdm.write(f"warning: {self.source_name}: {f.reason}", file=sys.stderr)
         # Fingerprint the list as given, before ids already in the dataset are dropped,
         # so a rerun of an interrupted --append recognises its own unfinished work.
         fp = fingerprint(cfg, labels, items)
@@ -200,7 +226,7 @@ class Ingest:
             line_failures += dupes
         part = self._part_tag(existing)
         self._claim_partial(fp)
-        plans = plan_shards(items, cfg, part)
+        plans = plan_shards(items, cfg, part, shuffle=parsed.task == "multiclass")
         if not items:
             print("warning: no usable line in the list", file=sys.stderr)
 
@@ -259,7 +285,16 @@ class Ingest:
             return list(existing["labels"])
         return names
 
-    def _read_list(self, labels: list[str] | None):
+    def _read_list(self, labels: list[str] | None) -> ParsedList:
+        cfg = self.cfg
+        if cfg.from_folders:
+            return sources.read_folders(cfg.from_folders, labels)
+        if cfg.from_lists:
+            return sources.read_paddle_lists(cfg.from_lists, labels)
+        if cfg.from_urls:
+            return sources.read_url_lists(cfg.from_urls, cfg.max_per_class, labels)
+        if cfg.label_regex:
+            return sources.read_regex(cfg.list, cfg.label_regex, labels)
         stream, base = open_list(self.cfg.list)
         with stream:
             parsed = parse_list(stream, base, labels, name=self.cfg.list)
@@ -268,12 +303,26 @@ class Ingest:
                               f"{len(labels)} label names are set")
         return parsed
 
+    def _apply_review(self, parsed: ParsedList) -> dict[str, Any] | None:
+        """--apply-review: drop/relabel before planning (so the fingerprint covers the result)."""
+        if not self.cfg.apply_review:
+            return None
+        rv = review.read_review(self.cfg.apply_review)
+        result = review.apply_review(parsed, rv)
+        print(result.summary(self.cfg.apply_review))
+        if result.unknown:
+            print(f"warning: {self.cfg.apply_review}: {result.unknown} id(s) are not in {self.source_name} "
+                  f"(ignored)", file=sys.stderr)
+        return {"file": self.cfg.apply_review, "sha256": rv.sha256, "dropped": result.dropped,
+                "relabelled": result.relabelled, "unknown_ids": result.unknown}
+
     def _drop_known_ids(self, items: list[Item], existing: dict[str, Any]) -> tuple[list[Item], list[Failure]]:
         known = {row[0] for row in _committed_index(self.out, existing)}
         keep, dupes = [], []
         for it in items:
             if it.id in known:
-                dupes.append(Failure(it.id, it.source, f"duplicate id: line {it.line}: id '{it.id}' is already "
+                where = f"line {it.line}: " if it.line else ""
+                dupes.append(Failure(it.id, it.source, f"duplicate id: {where}id '{it.id}' is already "
                                                        f"in {self.out}", it.line))
             else:
                 keep.append(it)
@@ -331,7 +380,8 @@ class Ingest:
                         if failure is not None:
                             fails.append(asdict(failure))
                             failed += 1
-                            tqdm.write(f"skipped line {item.line} ({item.id}): {failure.reason}", file=sys.stderr)
+                            where = f"line {item.line} ({item.id})" if item.line else item.id
+                            tqdm.write(f"skipped {where}: {failure.reason}", file=sys.stderr)
                         else:
                             writer.write(example, item.labels)
                             index.append([item.id, plan.split, plan.name, item.source,
@@ -365,7 +415,8 @@ class Ingest:
         old_index = _committed_index(self.out, existing) if existing else []
         now = datetime.now(timezone.utc).isoformat(timespec="seconds")
         manifest = existing or {
-            "schema_version": records.SCHEMA_VERSION, "labels": labels, "num_classes": len(labels),
+            "schema_version": records.SCHEMA_VERSION, "task": self.task, "labels": labels,
+            "num_classes": len(labels),
             "image_size": cfg.image_size, "resize": cfg.resize, "quality": cfg.quality, "format": "jpeg",
             "features": {"image": records.F_IMAGE, "id": records.F_ID, "source": records.F_SOURCE,
                          "height": records.F_HEIGHT, "width": records.F_WIDTH, "labels": records.F_LABELS},
@@ -374,19 +425,22 @@ class Ingest:
         }
         new_failures = line_failures + [Failure(**f) for s in states for f in s["failures"]]
         for plan, st in zip(plans, states):
-            sp = manifest["splits"][plan.split]
+            sp = manifest["splits"].setdefault(plan.split, {"records": 0, "positives": [0] * len(labels),
+                                                            "shards": []})
             sp["records"] += st["records"]
             sp["positives"] = [a + b for a, b in zip(sp["positives"], st["positives"])]
             sp["shards"].append({k: st[k] for k in ("name", "records", "sha256", "bytes")})
+        manifest.setdefault("task", self.task)
         manifest["failures"] += len(new_failures)
         kinds = Counter(manifest.get("failures_by_kind", {}))
         kinds.update(f.kind for f in new_failures)
         manifest["failures_by_kind"] = dict(kinds.most_common())
-        manifest["records"] = sum(manifest["splits"][s]["records"] for s in records.SPLITS)
+        manifest["records"] = sum(sp["records"] for sp in manifest["splits"].values())
         manifest["updated"] = now
         manifest["commands"].append(self.command)
         manifest["parts"].append({"tag": part, "fingerprint": fp, "command": self.command,
-                                  "records": sum(s["records"] for s in states), "failures": len(new_failures)})
+                                  "records": sum(s["records"] for s in states), "failures": len(new_failures),
+                                  **({"review": self.review_info} if self.review_info else {})})
 
         records.atomic_write_text(self.out / records.FAILURES, records.csv_text(
             ["id", "source", "reason"], old_fail + [[f.id, f.source, f.reason] for f in new_failures]))
@@ -418,6 +472,7 @@ def verify(folder: str | Path) -> int:
         return EXIT_FATAL
     problems: list[str] = []
     n_labels = manifest["num_classes"]
+    multiclass = manifest.get("task", "multilabel") == "multiclass"
     ids: Counter[str] = Counter()
     total = manifest.get("records", sum(s["records"] for s in manifest["splits"].values()))
     bar = tqdm(total=total, unit="rec", desc="verify", dynamic_ncols=True)
@@ -443,6 +498,9 @@ def verify(folder: str | Path) -> int:
                         problems.append(f"{shard['name']}: record {n} ({rec['id']}) has {len(rec['labels'])} "
                                         f"labels, expected {n_labels}")
                     positives = [a + b for a, b in zip(positives, rec["labels"])]
+                    if multiclass and sum(rec["labels"]) != 1:
+                        problems.append(f"{shard['name']}: record {n} ({rec['id']}) has {sum(rec['labels'])} "
+                                        f"positive labels; a multiclass dataset has exactly one")
                     img = cv2.imdecode(np.frombuffer(rec["image"], np.uint8), cv2.IMREAD_COLOR)
                     if img is None:
                         problems.append(f"{shard['name']}: record {n} ({rec['id']}): image does not decode")

@@ -1,8 +1,9 @@
 """The record format and the dataset manifest: the contract every later stage reads.
 
 A dataset folder holds
-  train-00000-of-000NN.tfrecord ... val-00000-of-000MM.tfrecord
-  dataset.json   labels, schema version, image size, per split: records,
+  train-00000-of-000NN.tfrecord ... val-00000-of-000MM.tfrecord [test-...]
+  dataset.json   task (multilabel | multiclass: one-hot labels), labels, schema version, image size,
+                 per split (train, val, and test when the source gives one): records,
                  positives per class, shards (name, records, sha256, bytes)
   failures.csv   id,source,reason for every line not written
   index.csv      id,split,shard,source for every record written
@@ -29,7 +30,8 @@ SCHEMA_VERSION = 1
 MANIFEST = "dataset.json"
 FAILURES = "failures.csv"
 INDEX = "index.csv"
-SPLITS = ("train", "val")
+SPLITS = ("train", "val")  # always in the manifest
+ALL_SPLITS = ("train", "val", "test")  # "test" only when the source gives one (folders, lists)
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 

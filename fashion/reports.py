@@ -53,7 +53,8 @@ def print_ingest_summary(manifest: dict[str, Any], failures: list[Failure], proc
     total = sum(sp[s]["records"] for s in sp)
     rate = processed / elapsed if elapsed > 0 else 0.0
     print()
-    print(f"dataset: {out}  ({total} records: " + ", ".join(f"{s} {sp[s]['records']}" for s in sp) + ")")
+    print(f"dataset: {out}  ({manifest.get('task', 'multilabel')}, {total} records: "
+          + ", ".join(f"{s} {sp[s]['records']}" for s in sp) + ")")
     print(f"this run: {processed} image(s) processed in {elapsed:.1f}s ({rate:.1f} img/s), "
           f"{len(failures)} skipped")
     if failures:
