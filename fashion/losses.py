@@ -50,6 +50,18 @@ def head_weights(positives: Sequence[int], n: int, scheme: str = "none", beta: f
     return w
 
 
+CLASS_WEIGHTS = ("none", "inverse", "sqrt")
+
+
+def class_weights(counts: Sequence[int], scheme: str = "none") -> np.ndarray:
+    """Loss weight per class of a single-label task (Keras `class_weight`) from training counts,
+    normalised to mean 1 over the classes present: `none` (all 1), `inverse` (N / count), `sqrt`."""
+    if scheme not in CLASS_WEIGHTS:
+        raise ValueError(f"--class-weights must be one of {CLASS_WEIGHTS}, got {scheme!r}")
+    counts = np.asarray(counts, float)
+    return head_weights(counts, int(counts.sum()), scheme)
+
+
 def pos_weights(positives: Sequence[int], n: int, mode: str = "none") -> np.ndarray:
     """Weight of a positive relative to a negative inside each head: negatives / positives, clipped."""
     pos = np.asarray(positives, float)

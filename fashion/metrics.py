@@ -154,3 +154,89 @@ def prior_baseline(y_train: np.ndarray, y_eval: np.ndarray) -> dict[str, float]:
         prior = np.asarray(y_train, float).mean(0)
     scores = np.broadcast_to(prior, np.asarray(y_eval).shape)
     return {"mAP": mean_ap(average_precision(y_eval, scores))}
+
+
+# --------------------------------------------------------------------------- single-label (multiclass, binary)
+
+def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, k: int) -> np.ndarray:
+    """(k, k) counts: row = true class, column = predicted class."""
+    cm = np.zeros((k, k), int)
+    np.add.at(cm, (np.asarray(y_true, int), np.asarray(y_pred, int)), 1)
+    return cm
+
+
+def most_confused(cm: np.ndarray, names: list[str], min_count: int = 1) -> list[tuple[str, str, int]]:
+    """Off-diagonal cells as (true, predicted, count), largest first (fastai's `most_confused`)."""
+    pairs = [(names[i], names[j], int(cm[i, j])) for i in range(len(cm)) for j in range(len(cm))
+             if i != j and cm[i, j] >= min_count]
+    return sorted(pairs, key=lambda p: (-p[2], p[0], p[1]))
+
+
+def top_k_accuracy(y_true: np.ndarray, probs: np.ndarray, k: int) -> float:
+    """Share of rows whose true class is among the k most probable."""
+    if not len(y_true):
+        return 0.0
+    top = np.argsort(-probs, axis=1, kind="stable")[:, :k]
+    return float((top == np.asarray(y_true)[:, None]).any(1).mean())
+
+
+def single_label_summary(y_true: np.ndarray, probs: np.ndarray, names: list[str], k: int = 5,
+                         pred: np.ndarray | None = None) -> dict:
+    """Accuracy, top-k accuracy, per-class precision/recall/F1, macro-F1, log loss, confusion matrix
+    and most-confused pairs for class indices `y_true` and (N, K) probabilities.
+
+    `pred` (class indices) defaults to the most probable class; a binary task passes its thresholded one.
+    """
+    y_true = np.asarray(y_true, int)
+    n, kk = probs.shape
+    pred = np.argmax(probs, 1) if pred is None else np.asarray(pred, int)
+    cm = confusion_matrix(y_true, pred, kk)
+    tp = np.diag(cm).astype(float)
+    support, predicted = cm.sum(1), cm.sum(0)
+    precision = np.divide(tp, predicted, out=np.zeros(kk), where=predicted > 0)
+    recall = np.divide(tp, support, out=np.zeros(kk), where=support > 0)
+    s = precision + recall
+    f1 = np.divide(2 * precision * recall, s, out=np.zeros(kk), where=s > 0)
+    present = support > 0
+    p_true = np.clip(probs[np.arange(n), y_true], 1e-7, 1.0) if n else np.zeros(0)
+    return {
+        "images": int(n), "correct": int(tp.sum()),
+        "accuracy": float(tp.sum() / n) if n else 0.0,
+        "top_k": int(min(k, kk)), "top_k_accuracy": top_k_accuracy(y_true, probs, min(k, kk)),
+        "f1_macro": float(f1[present].mean()) if present.any() else 0.0,
+        "log_loss": float(-np.log(p_true).mean()) if n else 0.0,
+        "per_class": {nm: {"precision": float(precision[c]), "recall": float(recall[c]), "f1": float(f1[c]),
+                           "support": int(support[c]), "predicted": int(predicted[c])}
+                      for c, nm in enumerate(names)},
+        "confusion": cm.tolist(),
+        "most_confused": [list(p) for p in most_confused(cm, names)],
+    }
+
+
+def majority_baseline(train_counts, y_eval: np.ndarray, names: list[str], k: int = 5) -> dict:
+    """Always the most frequent training class (accuracy, macro-F1), and training class frequencies as
+    probabilities for every image (top-k accuracy, log loss): what a model must beat."""
+    counts = np.asarray(train_counts, float)
+    prior = counts / max(counts.sum(), 1.0)
+    y_eval = np.asarray(y_eval, int)
+    majority = int(np.argmax(counts))
+    const = single_label_summary(y_eval, np.tile(prior, (len(y_eval), 1)), names, k,
+                                 pred=np.full(len(y_eval), majority))
+    return {"majority": {"class": names[majority], "accuracy": const["accuracy"], "f1_macro": const["f1_macro"]},
+            "prior": {"top_k_accuracy": const["top_k_accuracy"], "log_loss": const["log_loss"],
+                      "accuracy": const["accuracy"]}}
+
+
+def tune_binary_threshold(y_true: np.ndarray, p: np.ndarray, grid: np.ndarray = THRESHOLD_GRID) -> float:
+    """The threshold on the positive class's probability that maximises its F1 (ties: closest to 0.5)."""
+    y = np.asarray(y_true, bool)
+    if not y.any() or y.all():
+        return 0.5
+    cands = np.concatenate([[0.5], grid])
+    pred = np.asarray(p)[None, :] >= cands[:, None]
+    tp = (pred & y).sum(1)
+    den = pred.sum(1) + y.sum()
+    f1 = np.where(den > 0, 2 * tp / np.maximum(den, 1), 0.0)
+    best = f1.max()
+    ok = cands[f1 >= best - 1e-12]
+    return float(ok[np.argmin(np.abs(ok - 0.5))])

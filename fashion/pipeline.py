@@ -114,8 +114,9 @@ def make_eval_image(size: int, crop_fraction: float = 1.0):
 def make_dataset(files: Sequence[str], n_labels: int, *, image_size: int, batch_size: int, training: bool,
                  output_names: Sequence[str] | None = None, shuffle_buffer: int = 4096, seed: int | None = None,
                  cache: bool = False, jitter: float = 0.0, rotate: float = 0.0,
-                 count: int | None = None) -> tf.data.Dataset:
-    """Batches of (uint8 images, labels): labels as a dict {output name: (B, 1)} when names are given.
+                 count: int | None = None, column: int | None = None) -> tf.data.Dataset:
+    """Batches of (uint8 images, labels): labels as a dict {output name: (B, 1)} when names are given,
+    as the (B, 1) column `column` when that is given (a binary task's positive class), else (B, K).
 
     `count` (records in the files, from the manifest) lets Keras know the epoch length up front.
     """
@@ -140,6 +141,8 @@ def make_dataset(files: Sequence[str], n_labels: int, *, image_size: int, batch_
     if output_names is not None:
         names = list(output_names)
         ds = ds.map(lambda x, y: (x, {n: y[:, i:i + 1] for i, n in enumerate(names)}), num_parallel_calls=AUTOTUNE)
+    elif column is not None:
+        ds = ds.map(lambda x, y: (x, y[:, column:column + 1]), num_parallel_calls=AUTOTUNE)
     if count is not None:
         ds = ds.apply(tf.data.experimental.assert_cardinality(math.ceil(count / batch_size)))
     opts = tf.data.Options()

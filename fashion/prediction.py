@@ -1,4 +1,5 @@
-"""Prediction with a bundle from train.py: per-category probabilities and the labels past their thresholds.
+"""Prediction with a bundle from train.py: per-category probabilities and the labels past their thresholds
+(multilabel), the most probable class (multiclass) or the positive class's probability (binary).
 
 Only inference imports here (no training modules), and the model loads once,
 in Keras' safe mode.
@@ -9,7 +10,7 @@ from __future__ import annotations
 import glob
 import json
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -33,6 +34,29 @@ class Bundle:
     heads: list[str]
     thresholds: np.ndarray
     input_size: int
+    task: str = "multilabel"
+    backbone: str = ""
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def classes(self) -> list[str]:
+        """Names of the columns `predict_arrays` returns: the labels, or for a binary bundle
+        [negative, positive] (a one-label binary dataset gets `not <label>` as its negative)."""
+        return binary_classes(self.labels) if self.task == "binary" else list(self.labels)
+
+    @property
+    def threshold(self) -> float:
+        """Binary bundles: the positive class's threshold (tuned on validation data, else 0.5)."""
+        return float(self.thresholds[-1]) if len(self.thresholds) else 0.5
+
+
+def binary_classes(labels: list[str]) -> list[str]:
+    return list(labels) if len(labels) == 2 else [f"not {labels[0]}", labels[0]]
+
+
+def _bundle(folder: Path, model, meta: dict) -> Bundle:
+    return Bundle(folder, model, meta["labels"], meta["heads"], np.asarray(meta.get("thresholds") or [], float),
+                  int(meta["input_size"]), meta.get("task", "multilabel"), meta.get("backbone", ""), meta)
 
 
 def newest_bundle(model_save: str | Path = "model_save") -> Path:
@@ -54,9 +78,10 @@ def load_bundle(path: str | Path | None = None, model_save: str | Path = "model_
     if not meta_path.is_file() or not model_path.is_file():
         raise BundleError(f"{folder}: not a bundle (expected model.keras and meta.json there)")
     meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    from . import model as _  # noqa: F401  registers our custom layers (ReverseChannels) before loading
+
     model = keras.saving.load_model(model_path, compile=False, safe_mode=True)
-    return Bundle(folder, model, meta["labels"], meta["heads"], np.asarray(meta["thresholds"], float),
-                  int(meta["input_size"]))
+    return _bundle(folder, model, meta)
 
 
 def expand_inputs(args: Iterable[str]) -> Iterator[str]:
@@ -86,13 +111,33 @@ def stack_heads(out: dict, heads: list[str]) -> np.ndarray:
     return np.concatenate([np.asarray(out[h]).reshape(-1, 1) for h in heads], axis=1)
 
 
+def to_probs(out, heads: list[str], task: str = "multilabel") -> np.ndarray:
+    """A model's outputs as (N, columns) probabilities: one column per label (multilabel), the softmax
+    (multiclass), or [1 - p, p] with p the positive class's probability (binary)."""
+    if task == "multilabel":
+        return stack_heads(out, heads)
+    if isinstance(out, dict):  # a TFLite runner names its one output itself
+        out = out[heads[0]] if heads[0] in out else next(iter(out.values()))
+    arr = np.asarray(out, float)
+    if task == "multiclass":
+        return arr.reshape(len(arr), -1)
+    p = arr.reshape(-1)
+    return np.stack([1.0 - p, p], axis=1)
+
+
 def predict_arrays(bundle: Bundle, images: np.ndarray, tta: bool = False) -> np.ndarray:
-    """(N, S, S, 3) uint8 -> (N, classes) probabilities; `tta` averages with the mirrored image."""
-    probs = stack_heads(bundle.model.predict_on_batch(images), bundle.heads)
+    """(N, S, S, 3) uint8 -> (N, columns) probabilities (see `to_probs`); `tta` averages with the mirror."""
+    probs = to_probs(bundle.model.predict_on_batch(images), bundle.heads, bundle.task)
     if tta:
         mirrored = bundle.model.predict_on_batch(np.ascontiguousarray(images[:, :, ::-1]))
-        probs = (probs + stack_heads(mirrored, bundle.heads)) / 2
+        probs = (probs + to_probs(mirrored, bundle.heads, bundle.task)) / 2
     return probs
+
+
+def top_k(probs: np.ndarray, names: list[str], k: int) -> list[tuple[str, float]]:
+    """The k most probable (name, probability) of one row, most probable first."""
+    order = np.argsort(-probs, kind="stable")[:k]
+    return [(names[i], float(probs[i])) for i in order]
 
 
 class TFLiteModel:
@@ -114,8 +159,7 @@ def load_tflite_bundle(path: Path) -> Bundle:
     if not meta_path.is_file():
         raise BundleError(f"{path}: no meta.json beside it (labels and thresholds come from there)")
     meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    return Bundle(path.parent, TFLiteModel(path), meta["labels"], meta["heads"],
-                  np.asarray(meta["thresholds"], float), int(meta["input_size"]))
+    return _bundle(path.parent, TFLiteModel(path), meta)
 
 
 def export_bundle(bundle: Bundle, fmt: str) -> Path:
