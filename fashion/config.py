@@ -106,7 +106,9 @@ class TrainConfig:
     data: str = DEFAULT_RECORDS
     run: str | None = None
     # model
+    task: str = "auto"
     backbone: str = "densenet121"
+    alpha: float = 1.0
     weights: str = "imagenet"
     image_size: int = 224
     head_dropout: float = 0.0
@@ -130,6 +132,7 @@ class TrainConfig:
     beta: float = 0.999
     gamma: float = 2.0
     label_smoothing: float = 0.0
+    class_weights: str = "none"
     # augmentation
     jitter: float = 0.0
     rotate: float = 0.0
