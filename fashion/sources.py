@@ -318,9 +318,9 @@ def read_regex(root: str | Path, pattern: str, fixed: list[str] | None = None) -
     try:
         rx = re.compile(pattern)
     except re.error as e:
-        raise ListError(f"--label-regex {pattern!r}: {e}") from None
+        raise ListError(f"--label-regex '{pattern}': {e}") from None
     if rx.groups < 1:
-        raise ListError(f"--label-regex {pattern!r} has no group: put ( ) around the label, "
+        raise ListError(f"--label-regex '{pattern}' has no group: put ( ) around the label, "
                         r"e.g. '([^/]+)_\d+\.jpg$'")
     out = ParsedList([], [], [])
     entries = []
@@ -328,10 +328,10 @@ def read_regex(root: str | Path, pattern: str, fixed: list[str] | None = None) -
         rel = p.relative_to(root).as_posix()
         m = rx.search(rel)
         if not m or not m.group(1):
-            out.failures.append(Failure(rel, str(p), f"no label: {rel} does not match --label-regex {pattern!r}"))
+            out.failures.append(Failure(rel, str(p), f"no label: {rel} does not match --label-regex '{pattern}'"))
             continue
         entries.append((rel, p, m.group(1), ""))
-    names = _class_names((e[2] for e in entries), fixed, f"{root} with --label-regex {pattern!r}")
+    names = _class_names((e[2] for e in entries), fixed, f"{root} with --label-regex '{pattern}'")
     return _from_entries(entries, names, root, out)
 
 
