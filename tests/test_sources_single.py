@@ -243,3 +243,25 @@ def test_bad_review_file_stops_before_anything_is_written(tmp_path, capsys, rows
     err = capsys.readouterr().err
     assert str(review) in err and message in err, err
     assert not (out / "dataset.json").exists()
+
+
+def test_append_folder_source_and_task_mismatch(tmp_path, capsys):
+    out = tmp_path / "out"
+    assert ingest("--from-folders", CS, "--out", out) == 0
+    extra = tmp_path / "extra"
+    for cls, p in cs_images("test")[-2:]:  # two more shoes, new ids
+        (extra / cls / "new").mkdir(parents=True, exist_ok=True)
+        shutil.copy(p, extra / cls / "new" / p.name)
+    assert ingest("--from-folders", extra, "--out", out, "--append", "--val-fraction", "0") == 0
+    manifest = json.loads((out / "dataset.json").read_text())
+    assert manifest["labels"] == CLASSES and manifest["records"] == 41 and manifest["task"] == "multiclass"
+    assert manifest["splits"]["train"]["positives"] == [8, 8, 10]
+    recs = read_records(out)
+    assert label_of(recs[f"shoes/new/{cs_images('test')[-1][1].name}"], CLASSES) == "shoes"
+    assert generate_dataset_main(["--verify", str(out)]) == 0
+    # a multi-label list cannot be appended to a multiclass dataset
+    lst = tmp_path / "list.txt"
+    lst.write_text(f"x1,{cs_images()[0][1]},1,0,0\n")
+    capsys.readouterr()
+    assert ingest(lst, "--out", out, "--append") == 2
+    assert "multiclass dataset" in capsys.readouterr().err
