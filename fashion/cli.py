@@ -166,13 +166,18 @@ def train_parser() -> argparse.ArgumentParser:
 
     p = _parser(
         "train.py",
-        "Train a DenseNet trunk with one sigmoid head per class on a dataset made by "
-                    "generate_dataset.py; writes model_save/RUN/ (model.keras + meta.json with tuned "
-                    "thresholds) and log/RUN/ (history.csv, TensorBoard, config.yaml, console.log).",
+        "Train a keras.applications trunk (DenseNet121 by default) with one sigmoid head per class "
+                    "(multilabel), one softmax head (multiclass) or one sigmoid head (binary) on a dataset made "
+                    "by generate_dataset.py; writes model_save/RUN/ (model.keras + meta.json with the task, "
+                    "classes, backbone and tuned thresholds) and log/RUN/ (history.csv, TensorBoard, "
+                    "config.yaml, console.log).",
         "Examples:\n"
                "  python train.py --weights none --image-size 64 --epochs 4\n"
                "  python train.py --stages heads:2,all:10:5e-4      # the usual two-stage fine-tune\n"
                "  python train.py --run myrun --resume              # continue an interrupted run\n"
+               "  python train.py --data data/pets --backbone resnet50 --stages heads:1,all:2:1e-4  # single-label\n"
+               "  python train.py --data data/faces --task binary --backbone mobilenetv2 --alpha 0.35 "
+               "--image-size 96\n"
                "Exit code: 0 done, 2 bad options or input, 130 interrupted (checkpoint saved).")
     p.add_argument("--config", metavar="FILE.yaml", help="YAML file of option: value pairs; flags override it")
     g = p.add_argument_group("data and run")
@@ -184,8 +189,15 @@ def train_parser() -> argparse.ArgumentParser:
     add_option(g, C, "--log", "where logs go", metavar="DIR")
     add_option(g, C, "--seed", "random seed", type=int)
     g = p.add_argument_group("model")
-    add_option(g, C, "--backbone", "trunk from keras.applications",
-               choices=("densenet121", "densenet169", "densenet201"))
+    add_option(g, C, "--task", "auto = the dataset's task (dataset.json; multilabel when absent); multilabel = "
+               "one sigmoid head per class; multiclass = one softmax over the classes (one label per image); "
+               "binary = one sigmoid head: on a 2-class dataset the positive class is the SECOND label",
+               choices=("auto", "multilabel", "multiclass", "binary"))
+    add_option(g, C, "--backbone", "trunk from keras.applications, with its own preprocessing inside the "
+               "model", choices=("densenet121", "densenet169", "densenet201", "resnet50", "mobilenetv2",
+                                 "xception", "efficientnetb0"))
+    add_option(g, C, "--alpha", "MobileNetV2 width multiplier (ImageNet weights: 0.35, 0.5, 0.75, 1.0, 1.3, "
+               "1.4)", type=float, metavar="A")
     add_option(g, C, "--weights", "imagenet (Keras' notop file from model_save/ or Keras' cache), none, a "
                ".h5 file, or an earlier bundle folder (reuse its trunk)", metavar="W")
     add_option(g, C, "--image-size", "input side in pixels (random crops of the stored images)", type=int,
@@ -193,8 +205,10 @@ def train_parser() -> argparse.ArgumentParser:
     add_option(g, C, "--head-dropout", "dropout before each head's Dense", type=float, metavar="P")
     g = p.add_argument_group("what trains")
     add_option(g, C, "--epochs", "epochs when --stages is not given", type=int, metavar="N")
-    add_option(g, C, "--layers", "heads (trunk frozen), all, conv5+, conv4+, conv3+, or a regex over trunk "
-               "layer names", metavar="GROUP")
+    add_option(g, C, "--layers", "heads (trunk frozen), all, a stage onwards (densenet/resnet50: conv5+, "
+               "conv4+, conv3+; mobilenetv2: block_16+, block_13+, block_10+, block_6+; xception: block14+, "
+               "block13+, block5+; efficientnetb0: block7+ ... block3+), or a regex over trunk layer names",
+               metavar="GROUP")
     add_option(g, C, "--stages", "staged recipe GROUP:EPOCHS[:LR],... e.g. heads:5,all:20:1e-4", metavar="SPEC")
     add_option(g, C, "--bn", "trunk BatchNorm: frozen (inference mode), train, auto (train from scratch, "
                "frozen when pretrained)", choices=("auto", "frozen", "train"))
@@ -218,10 +232,14 @@ def train_parser() -> argparse.ArgumentParser:
                choices=("none", "original", "inverse", "sqrt", "effective"))
     add_option(g, C, "--pos-weight", "inside each head, weight positives by negatives/positives",
                choices=("auto", "none"))
-    add_option(g, C, "--loss", "per-head loss: bce, focal, asl (asymmetric)", choices=("bce", "focal", "asl"))
+    add_option(g, C, "--loss", "per-head loss: bce, focal, asl (asymmetric); multiclass: bce = categorical "
+               "cross-entropy, focal = categorical focal", choices=("bce", "focal", "asl"))
     add_option(g, C, "--beta", "beta of --head-weights effective", type=float)
     add_option(g, C, "--gamma", "focal loss gamma", type=float)
-    add_option(g, C, "--label-smoothing", "targets move this far toward 0.5", type=float, metavar="S")
+    add_option(g, C, "--label-smoothing", "targets move this far toward 0.5 (multiclass: toward 1/K)", type=float,
+               metavar="S")
+    add_option(g, C, "--class-weights", "single-label tasks: weight each class's loss by training images "
+               "(inverse = N/count, sqrt), normalised to mean 1", choices=("none", "inverse", "sqrt"))
     g = p.add_argument_group("augmentation")
     add_option(g, C, "--jitter", "colour jitter strength (brightness/contrast/saturation)", type=float, metavar="J")
     add_option(g, C, "--rotate", "random rotation, +- degrees", type=float, metavar="DEG")

@@ -6,6 +6,12 @@ set is scored (AP per head, mAP, sample-F2, macro-F1), `last.keras` is saved
 (atomically) with the optimiser state, and `best.keras` when validation mAP
 improves. At the end, per-class thresholds are tuned on validation data to
 maximise sample-F2 and the bundle (`model.keras` + `meta.json`) is written.
+
+Single-label tasks (`--task multiclass|binary`, or a manifest whose task is
+multiclass) train one softmax (or sigmoid) head instead; they are scored by
+accuracy, top-k accuracy and macro-F1 (binary: ROC-AUC, accuracy, F1 of the
+positive class at a threshold tuned on validation data), beside the majority
+class and class priors.
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ import numpy as np
 
 from . import losses, metrics, model as model_lib, pipeline, records
 from .config import TrainConfig
-from .prediction import stack_heads
+from .prediction import binary_classes, to_probs
 
 EXIT_OK, EXIT_FATAL, EXIT_INTERRUPTED = 0, 2, 130
 OPTIMIZERS = ("sgd", "adam", "adamw")
@@ -113,15 +119,27 @@ class OneCycle(keras.optimizers.schedules.LearningRateSchedule):
 
 # --------------------------------------------------------------------------- callbacks
 
-class EpochEval(keras.callbacks.Callback):
-    """Scores the validation set after each epoch: AP per head, mAP, sample-F2, macro-F1, learning rate."""
+MONITOR = {"multilabel": "val_mAP", "multiclass": "val_accuracy", "binary": "val_auc"}
 
-    def __init__(self, val_ds, y_val, names):
+
+def class_indices(y: np.ndarray, task: str) -> np.ndarray:
+    """Label rows -> class indices: the one-hot position (multiclass), the positive column (binary)."""
+    return (y[:, -1] > 0.5).astype(int) if task == "binary" else np.argmax(y, axis=1)
+
+
+class EpochEval(keras.callbacks.Callback):
+    """Scores the validation set after each epoch: AP per head, mAP, sample-F2, macro-F1, learning rate
+    (multilabel); accuracy, top-k accuracy, macro-F1 (multiclass); ROC-AUC, AP, accuracy at 0.5 (binary)."""
+
+    def __init__(self, val_ds, y_val, names, task: str = "multilabel", classes=None, top: int = 5):
         super().__init__()
         self.val_ds, self.y_val, self.names = val_ds, y_val, names
+        self.task, self.classes, self.top = task, classes, top
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs if logs is not None else {}
+        if self.task != "multilabel":
+            return self._single(epoch, logs)
         scores = predict_scores(self.model, self.val_ds, self.names)
         s = metrics.summary(self.y_val, scores)
         logs["val_mAP"] = s["mAP"]
@@ -136,19 +154,42 @@ class EpochEval(keras.callbacks.Callback):
               f"{s['f2_samples']:.3f}  macro-F1 {s['f1_macro']:.3f}  lr {logs['learning_rate']:.2e}  ({took:.0f}s)",
               flush=True)
 
+    def _single(self, epoch, logs):
+        from sklearn.metrics import roc_auc_score
+
+        probs = predict_scores(self.model, self.val_ds, self.names, self.task)
+        y = class_indices(self.y_val, self.task)
+        s = metrics.single_label_summary(y, probs, self.classes, self.top)
+        logs["val_accuracy"], logs["val_f1_macro"] = s["accuracy"], s["f1_macro"]
+        if self.task == "multiclass":
+            logs[f"val_top{s['top_k']}_accuracy"] = s["top_k_accuracy"]
+            shown = f"val accuracy {s['accuracy']:.3f}  top-{s['top_k']} {s['top_k_accuracy']:.3f}"
+        else:
+            both = 0 < y.sum() < len(y)
+            logs["val_auc"] = float(roc_auc_score(y, probs[:, 1])) if both else float("nan")
+            logs["val_ap"] = float(metrics.average_precision(y[:, None], probs[:, 1:])[0]) if y.any() else float("nan")
+            shown = f"val AUC {logs['val_auc']:.3f}  AP {logs['val_ap']:.3f}  accuracy@0.5 {s['accuracy']:.3f}"
+        logs["learning_rate"] = current_lr(self.model.optimizer)
+        took = time.perf_counter() - self.t0
+        print(f"epoch {epoch + 1}: loss {logs.get('loss', float('nan')):.4f}  val_loss "
+              f"{logs.get('val_loss', float('nan')):.4f}  {shown}  macro-F1 {s['f1_macro']:.3f}  "
+              f"lr {logs['learning_rate']:.2e}  ({took:.0f}s)", flush=True)
+
     def on_epoch_begin(self, epoch, logs=None):
         self.t0 = time.perf_counter()
 
 
 class Checkpoints(keras.callbacks.Callback):
-    """last.keras every epoch and best.keras on a better val mAP; temp name + rename; state.json last."""
+    """last.keras every epoch and best.keras on a better monitored value (val mAP; single-label: val
+    accuracy or AUC); temp name + rename; state.json last (its `best_mAP` holds the monitored value)."""
 
-    def __init__(self, folder: Path, stage: int, best: float):
+    def __init__(self, folder: Path, stage: int, best: float, monitor: str = "val_mAP"):
         super().__init__()
-        self.folder, self.stage, self.best = folder, stage, best
+        self.folder, self.stage, self.best, self.monitor = folder, stage, best, monitor
 
     def on_epoch_end(self, epoch, logs=None):
-        mAP = (logs or {}).get("val_mAP", float("-inf"))
+        mAP = (logs or {}).get(self.monitor, float("-inf"))
+        mAP = float("-inf") if mAP is None or np.isnan(mAP) else mAP
         save_model_atomic(self.model, self.folder / "last.keras")
         if mAP > self.best:
             self.best = mAP
@@ -175,8 +216,8 @@ def write_state(folder: Path, state: dict) -> None:
     records.atomic_write_json(folder / "state.json", state)
 
 
-def predict_scores(model, ds, names) -> np.ndarray:
-    return stack_heads(model.predict(ds, verbose=0), names)
+def predict_scores(model, ds, names, task: str = "multilabel") -> np.ndarray:
+    return to_probs(model.predict(ds, verbose=0), names, task)
 
 
 # --------------------------------------------------------------------------- lr range test
@@ -250,6 +291,68 @@ def lr_find(model, train_ds, png: Path, steps_per_epoch: int, start: float = 1e-
     return EXIT_OK
 
 
+# --------------------------------------------------------------------------- single-label tasks
+
+def resolve_task(spec: str, manifest: dict, train: pipeline.Split) -> str:
+    """`--task auto` = the manifest's task (absent: multilabel); checks the dataset fits the task."""
+    task = manifest.get("task", "multilabel") if spec == "auto" else spec
+    if task not in model_lib.TASKS:
+        raise TrainError(f"--task must be auto or one of {model_lib.TASKS}, got {task!r}")
+    k = len(manifest["labels"])
+    if task == "binary" and k not in (1, 2):
+        raise TrainError(f"--task binary needs a dataset of 1 or 2 classes (the positive one second); "
+                         f"this one has {k}: use --task multiclass")
+    if task == "multiclass" and k < 2:
+        raise TrainError("--task multiclass needs at least 2 classes; with one, use --task binary")
+    if (task == "multiclass" or task == "binary" and k == 2) and sum(train.positives) != train.count:
+        raise TrainError(f"--task {task}: the training split has {sum(train.positives)} labels on "
+                         f"{train.count} images, not exactly one each: this is a multi-label dataset "
+                         f"(use --task multilabel)")
+    return task
+
+
+def top_k_for(k: int) -> int:
+    """The k of top-k accuracy: 5 (as fastai and Caffe report), fewer on small class sets so it is not
+    trivially 1 (top-2 of 3 classes; 1 = accuracy for 2)."""
+    return max(1, min(5, k - 1))
+
+
+def class_counts(train: pipeline.Split, task: str) -> list[int]:
+    """Training images per class; a one-label binary dataset counts [negatives, positives]."""
+    if task == "binary" and len(train.positives) == 1:
+        return [train.count - train.positives[0], train.positives[0]]
+    return [int(c) for c in train.positives]
+
+
+def check_single_label(y: np.ndarray, task: str, where: str) -> None:
+    if task == "binary" and y.shape[1] == 1:
+        return
+    bad = int((y.sum(1) != 1).sum())
+    if bad:
+        raise TrainError(f"--task {task}: {bad} record(s) of {where} have other than exactly one label "
+                         f"(use --task multilabel)")
+
+
+def single_loss(cfg: TrainConfig, task: str, pos_weight: float = 1.0):
+    """multiclass: categorical cross-entropy (`--loss bce`) or focal; binary: the sigmoid head's loss."""
+    if task == "binary":
+        return losses.HeadLoss(cfg.loss, pos_weight=pos_weight, gamma=cfg.gamma,
+                               label_smoothing=cfg.label_smoothing)
+    if cfg.loss == "bce":
+        return keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing)
+    if cfg.loss == "focal":
+        return keras.losses.CategoricalFocalCrossentropy(gamma=cfg.gamma, label_smoothing=cfg.label_smoothing)
+    raise TrainError(f"--loss {cfg.loss} is for sigmoid heads; --task multiclass takes bce (categorical "
+                     f"cross-entropy) or focal")
+
+
+def single_metrics(task: str, top: int) -> list:
+    if task == "binary":
+        return [keras.metrics.BinaryAccuracy(name="accuracy"), keras.metrics.AUC(name="auc")]
+    return [keras.metrics.CategoricalAccuracy(name="accuracy"),
+            keras.metrics.TopKCategoricalAccuracy(k=top, name=f"top{top}_accuracy")]
+
+
 # --------------------------------------------------------------------------- the job
 
 class Tee:
@@ -321,9 +424,12 @@ class Trainer:
         cfg = self.cfg
         manifest = records.load_manifest(cfg.data)
         labels = manifest["labels"]
-        names = model_lib.head_names(labels)
         train = pipeline.describe_split(cfg.data, "train")
         val = pipeline.describe_split(cfg.data, "val")
+        self.task = task = resolve_task(cfg.task, manifest, train)
+        names = model_lib.task_heads(labels, task)
+        self.classes = binary_classes(labels) if task == "binary" else list(labels)
+        self.top = top_k_for(len(self.classes))
         stages = parse_stages(cfg)
         if cfg.resume and not (self.save_dir / "state.json").is_file():
             raise TrainError(f"--resume: {self.save_dir}/state.json not found (is --run {cfg.run} right?)")
@@ -331,8 +437,8 @@ class Trainer:
             raise TrainError(f"{self.save_dir} already holds run '{cfg.run}': add --resume to continue it, "
                              f"or pick another --run")
         # find pretrained weights before anything is written: a missing file leaves no empty run behind
-        weights = (None, None) if cfg.resume else model_lib.resolve_weights(cfg.weights, cfg.backbone,
-                                                                            Path(cfg.model_save))
+        weights = (None, None) if cfg.resume else model_lib.resolve_weights(
+            cfg.weights, cfg.backbone, Path(cfg.model_save), cfg.alpha, cfg.image_size)
         self.save_dir.mkdir(parents=True, exist_ok=True)
         self.log_dir.mkdir(parents=True, exist_ok=True)
         sys.stdout = Tee(sys.stdout, self.log_dir / "console.log")
@@ -340,24 +446,35 @@ class Trainer:
         keras.utils.set_random_seed(cfg.seed)
 
         n = train.count
-        hw = losses.head_weights(train.positives, n, cfg.head_weights, cfg.beta)
-        pw = losses.pos_weights(train.positives, n, cfg.pos_weight)
-        self._print_weights(labels, train.positives, n, hw, pw)
+        if task == "multilabel":
+            hw = losses.head_weights(train.positives, n, cfg.head_weights, cfg.beta)
+            pw = losses.pos_weights(train.positives, n, cfg.pos_weight)
+            self._print_weights(labels, train.positives, n, hw, pw)
+        else:  # one head: class weights (Keras class_weight) instead of head weights
+            self.counts = class_counts(train, task)
+            hw = losses.class_weights(self.counts, cfg.class_weights)
+            pw = losses.pos_weights(self.counts[1:], n, cfg.pos_weight) if task == "binary" else np.ones(1)
+            self._print_class_weights(n, hw, pw)
 
         strategy = setup_device(cfg)
         batch = cfg.batch_size * strategy.num_replicas_in_sync
         small = sum(s["bytes"] for s in manifest["splits"]["train"]["shards"]) < (1 << 30)
+        target = dict(output_names=names) if task == "multilabel" else \
+            dict(column=len(labels) - 1) if task == "binary" else {}
         train_ds = pipeline.make_dataset(train.files, len(labels), image_size=cfg.image_size, batch_size=batch,
-                                         training=True, output_names=names, seed=cfg.seed, cache=small,
-                                         jitter=cfg.jitter, rotate=cfg.rotate, count=train.count)
+                                         training=True, seed=cfg.seed, cache=small, jitter=cfg.jitter,
+                                         rotate=cfg.rotate, count=train.count, **target)
         val_ds = pipeline.make_dataset(val.files, len(labels), image_size=cfg.image_size, batch_size=batch,
-                                       training=False, output_names=names, cache=True, count=val.count)
+                                       training=False, cache=True, count=val.count, **target)
         y_val = pipeline.labels_of(val.files, len(labels))
+        if task != "multilabel":
+            check_single_label(y_val, task, f"{cfg.data} (val)")
         steps = math.ceil(n / batch)
 
         state = json.loads((self.save_dir / "state.json").read_text()) if cfg.resume else {
             "stage": 0, "epoch": 0, "best_mAP": float("-inf")}
-        evaluator = EpochEval(val_ds, y_val, names)
+        evaluator = EpochEval(val_ds, y_val, names, task, self.classes, self.top)
+        monitor = MONITOR[task]
         with strategy.scope():
             if cfg.resume:
                 print(f"resuming {cfg.run}: stage {state['stage'] + 1}/{len(stages)}, after epoch {state['epoch']}")
@@ -386,16 +503,18 @@ class Trainer:
                         n_tr = self._prepare(model, stage.layers, lr, names, hw, pw)
                     print(f"stage {i + 1}/{len(stages)}: layers={stage.layers} ({n_tr} trunk layers train), "
                           f"epochs {epoch + 1}-{end}, lr {stage.lr:g} ({cfg.schedule}, {cfg.optimizer})")
-                checkpoints = Checkpoints(self.save_dir, i, state["best_mAP"])
+                checkpoints = Checkpoints(self.save_dir, i, state["best_mAP"], monitor)
                 cbs = [evaluator, checkpoints,
                        keras.callbacks.CSVLogger(str(self.log_dir / "history.csv"), append=True),
                        keras.callbacks.TensorBoard(str(self.log_dir), write_graph=False, profile_batch=0)]
                 if cfg.schedule == "plateau":
-                    cbs.insert(1, keras.callbacks.ReduceLROnPlateau(monitor="val_mAP", mode="max", factor=0.3,
+                    cbs.insert(1, keras.callbacks.ReduceLROnPlateau(monitor=monitor, mode="max", factor=0.3,
                                                                     patience=1, verbose=1))
                 self._interrupt_info = (i, done, epoch)
                 fit = dict(validation_data=val_ds, callbacks=cbs, shuffle=False,
                            verbose=1 if sys.stdout.isatty() else 0)
+                if task != "multilabel" and cfg.class_weights != "none":
+                    fit["class_weight"] = {c: float(w) for c, w in enumerate(hw)}
                 if partial:
                     model.fit(train_ds, epochs=epoch + 1, initial_epoch=epoch, steps_per_epoch=steps - partial, **fit)
                     epoch += 1
@@ -409,12 +528,19 @@ class Trainer:
             self._save_interrupted(model, steps)
             return EXIT_INTERRUPTED
 
+        if task != "multilabel":
+            return self._finish_single(model, labels, names, val_ds, y_val, hw, pw, manifest)
         return self._finish(model, labels, names, val_ds, y_val, train, hw, pw, manifest)
 
     def _prepare(self, model, layers: str, lr, names, hw, pw) -> int:
         """Set the layer group, then compile with one weighted loss per head; returns trainable trunk layers."""
         cfg = self.cfg
         n_tr = model_lib.set_trainable(model, layers, cfg.bn, from_scratch=cfg.weights == "none")
+        task = getattr(self, "task", "multilabel")
+        if task != "multilabel":
+            model.compile(optimizer=make_optimizer(cfg, lr), loss=single_loss(cfg, task, float(pw[0])),
+                          metrics=single_metrics(task, self.top), jit_compile=cfg.xla, run_eagerly=cfg.eager)
+            return n_tr
         model.compile(optimizer=make_optimizer(cfg, lr),
                       loss={nm: losses.HeadLoss(cfg.loss, pos_weight=float(pw[k]), gamma=cfg.gamma,
                                                 label_smoothing=cfg.label_smoothing) for k, nm in enumerate(names)},
@@ -438,7 +564,8 @@ class Trainer:
 
     def _build(self, labels, notop: str | None, bundle: str | None):
         cfg = self.cfg
-        model = model_lib.build_model(labels, cfg.backbone, cfg.image_size, notop, cfg.head_dropout)
+        model = model_lib.build_model(labels, cfg.backbone, cfg.image_size, notop, cfg.head_dropout,
+                                      task=getattr(self, "task", "multilabel"), alpha=cfg.alpha)
         if bundle:
             model_lib.load_trunk_from_bundle(model, bundle)
             print(f"trunk initialised from bundle {bundle}")
@@ -460,6 +587,88 @@ class Trainer:
         if empty:
             print(f"warning: no training positive for {', '.join(empty)}: those heads learn to say no, and their "
                   f"AP is left out of mAP")
+
+    def _print_class_weights(self, n, cw, pw) -> None:
+        cfg = self.cfg
+        extra = f"; positive class: {self.classes[1]} (the second label)" if self.task == "binary" else ""
+        print(f"task: {self.task}; training images: {n}; class weights: {cfg.class_weights}; loss: "
+              f"{'categorical cross-entropy' if self.task == 'multiclass' and cfg.loss == 'bce' else cfg.loss}"
+              f"{extra}")
+        width = max(len(c) for c in self.classes)
+        print(f"  {'class':<{width}} {'images':>7} {'weight':>8}")
+        for c, k, w in zip(self.classes, self.counts, cw):
+            print(f"  {c:<{width}} {k:7d} {w:8.3f}")
+        if self.task == "binary" and cfg.pos_weight != "none":
+            print(f"  positive weight inside the loss: {pw[0]:.2f}")
+        empty = [c for c, k in zip(self.classes, self.counts) if not k]
+        if empty:
+            print(f"warning: no training image of {', '.join(empty)}: the model cannot learn those classes")
+
+    def _finish_single(self, model, labels, names, val_ds, y_val, cw, pw, manifest) -> int:
+        """Single-label bundle: no thresholds (multiclass) or the positive class's, tuned for its F1 (binary)."""
+        from sklearn.metrics import roc_auc_score
+
+        task, classes, top = self.task, self.classes, self.top
+        best = self.save_dir / "best.keras"
+        if best.is_file():
+            model = keras.saving.load_model(best, compile=False)
+        probs = predict_scores(model, val_ds, names, task)
+        y = class_indices(y_val, task)
+        thresholds: list[float] = []
+        extra: dict[str, Any] = {}
+        if task == "binary":
+            p = probs[:, 1]
+            t = metrics.tune_binary_threshold(y, p)
+            thresholds = [t]
+            s = metrics.single_label_summary(y, probs, classes, top, pred=(p >= t).astype(int))
+            at_half = metrics.single_label_summary(y, probs, classes, top, pred=(p >= 0.5).astype(int))
+            both = 0 < y.sum() < len(y)
+            extra = {"threshold": t, "accuracy_at_0.5": at_half["accuracy"],
+                     "roc_auc": float(roc_auc_score(y, p)) if both else None,
+                     "ap": float(metrics.average_precision(y[:, None], p[:, None])[0]) if y.any() else None,
+                     "f1_positive": s["per_class"][classes[1]]["f1"]}
+        else:
+            s = metrics.single_label_summary(y, probs, classes, top)
+        base = metrics.majority_baseline(self.counts, y, classes, top)
+        save_model_atomic(model, self.save_dir / "model.keras")
+        cfg = self.cfg
+        meta = {
+            "labels": labels, "classes": classes, "heads": names, "task": task,
+            "input_size": cfg.image_size, "input": "uint8 RGB, resized/cropped square; the model normalises inside",
+            "backbone": cfg.backbone, "alpha": cfg.alpha, "thresholds": thresholds, "top_k": top,
+            "class_weights": [float(w) for w in cw],
+            "validation": {**{k: s[k] for k in ("accuracy", "top_k", "top_k_accuracy", "f1_macro", "log_loss",
+                                                "per_class", "confusion", "most_confused")},
+                           **extra, "baselines": base},
+            "dataset": {"path": str(cfg.data), "manifest_sha256": manifest_hash(cfg.data),
+                        "records": manifest["records"]},
+            "config": cfg.to_dict(), "command": self.command,
+            "created": datetime.now().isoformat(timespec="seconds"),
+        }
+        if task == "binary":
+            meta["positive_class"] = classes[1]
+            meta["pos_weight"] = float(pw[0])
+        records.atomic_write_json(self.save_dir / "meta.json", meta)
+        print(f"\nvalidation ({len(y)} images):")
+        if task == "binary":
+            auc = "-" if extra["roc_auc"] is None else f"{extra['roc_auc']:.3f}"
+            print(f"  model     ROC-AUC {auc}  accuracy {s['accuracy']:.3f} at threshold {thresholds[0]:.2f} "
+                  f"(tuned here for F1 of '{classes[1]}'), {extra['accuracy_at_0.5']:.3f} at 0.5  "
+                  f"F1({classes[1]}) {extra['f1_positive']:.3f}")
+        else:
+            print(f"  model     accuracy {s['accuracy']:.3f}  top-{top} {s['top_k_accuracy']:.3f}  "
+                  f"macro-F1 {s['f1_macro']:.3f}  log loss {s['log_loss']:.3f}")
+        print(f"  majority  accuracy {base['majority']['accuracy']:.3f} (always '{base['majority']['class']}')  "
+              f"macro-F1 {base['majority']['f1_macro']:.3f}")
+        print(f"  priors    top-{top} {base['prior']['top_k_accuracy']:.3f}  log loss {base['prior']['log_loss']:.3f}")
+        if s["most_confused"]:
+            print("  most confused (true -> predicted): " +
+                  ", ".join(f"{a} -> {b} {c}" for a, b, c in s["most_confused"][:5]))
+        gain = s["accuracy"] - base["majority"]["accuracy"]
+        if gain <= 0:
+            print(f"warning: the model does not beat the majority class on accuracy ({gain:+.3f})")
+        print(f"bundle: {self.save_dir}/model.keras + meta.json; logs: {self.log_dir}/")
+        return EXIT_OK
 
     def _finish(self, model, labels, names, val_ds, y_val, train, hw, pw, manifest) -> int:
         best = self.save_dir / "best.keras"
