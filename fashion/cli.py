@@ -98,7 +98,8 @@ def ingest_parser() -> argparse.ArgumentParser:
         "Single-label datasets (task multiclass, one-hot labels), instead of LIST. Splits given by the source "
         "are kept, else --val-fraction/--val-count apply; class names are sorted.", 77))
     add_option(g, C, "--from-folders", "a folder per class (images found recursively; class = subfolder "
-               "name); DIR/train + DIR/valid|validation|val [+ DIR/test] holding class folders keep those splits",
+               "name); DIR/train + DIR/valid|validation|val [+ DIR/test] holding class folders keep those splits "
+               "(DIR/train [+ DIR/test] alone: validation is split from train)",
                metavar="DIR")
     add_option(g, C, "--label-regex", "with LIST a folder: class = first group of RE searched in each image's "
                r"path relative to LIST ('/' separators), e.g. '([^/]+)_\d+\.jpg$'", metavar="RE")

@@ -282,9 +282,15 @@ def read_folders(root: str | Path, fixed: list[str] | None = None) -> ParsedList
     subdirs = {d.name.lower(): d for d in sorted(root.iterdir()) if d.is_dir() and not d.name.startswith(".")}
     val = next((subdirs[n] for n in VAL_FOLDERS if n in subdirs), None)
     out = ParsedList([], [], [])
-    if "train" in subdirs and val is not None:
-        layout = [(subdirs["train"], "train"), (val, "val")]
+    train = subdirs.get("train")
+    if train is not None and (val is not None or any(d.is_dir() for d in train.iterdir())):
+        # without a validation folder, validation comes from train/ (--val-fraction); test/ is kept
+        layout = [(train, "train" if val is not None else "")] + ([(val, "val")] if val is not None else [])
         layout += [(subdirs["test"], "test")] if "test" in subdirs else []
+        names = ", ".join(f"{d.name}/" for d, _ in layout)
+        out.notes.append(f"{root}: splits as given by {names}" if val is not None else
+                         f"{root}: {names} kept; no valid/ or validation/ folder, so validation is split "
+                         f"from train/ (--val-fraction/--val-count)")
         other = sorted(set(subdirs.values()) - {d for d, _ in layout})
         if other:
             out.notes.append(f"{root}: ignoring folder(s) outside the splits: "
@@ -307,8 +313,6 @@ def read_folders(root: str | Path, fixed: list[str] | None = None) -> ParsedList
         raise ListError(f"{root}: no class folders (expected DIR/CLASS/*.jpg or "
                         f"DIR/train|valid|test/CLASS/*.jpg)")
     names = _class_names(classes, fixed, str(root))
-    if layout[0][1]:
-        out.notes.append(f"{root}: splits as given by " + ", ".join(f"{d.name}/" for d, _ in layout))
     return _from_entries(entries, names, root, out)
 
 

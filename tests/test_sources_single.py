@@ -265,3 +265,15 @@ def test_append_folder_source_and_task_mismatch(tmp_path, capsys):
     capsys.readouterr()
     assert ingest(lst, "--out", out, "--append") == 2
     assert "multiclass dataset" in capsys.readouterr().err
+
+
+def test_train_and_test_folders_without_validation(tmp_path):
+    src = tmp_path / "tt"
+    shutil.copytree(CS / "train", src / "train")
+    shutil.copytree(CS / "test", src / "test")
+    out = tmp_path / "out"
+    assert ingest("--from-folders", src, "--out", out, "--val-count", "3") == 0
+    manifest = json.loads((out / "dataset.json").read_text())
+    assert manifest["labels"] == CLASSES  # not "train" and "test"
+    assert {s: v["positives"] for s, v in manifest["splits"].items()} == {
+        "train": [7, 7, 7], "val": [1, 1, 1], "test": [2, 2, 2]}
