@@ -357,14 +357,25 @@ def evaluate_parser() -> argparse.ArgumentParser:
         "evaluate.py",
         "Score a bundle on a dataset split: mAP, sample-F2 (tuned and 0.5 thresholds), macro/micro "
                     "F1, per-class AP/precision/recall/ROC-AUC, beside the constant predictor and class priors; "
-                    "writes metrics.json, PNG plots, top losses and index.html.")
+                    "single-label bundles: accuracy, top-k accuracy, per-class precision/recall/F1, confusion "
+                    "matrix and most confused pairs, beside the majority class and class priors. Writes "
+                    "metrics.json, PNG plots, top losses, review.csv (to mark keep/relabel/drop and feed back "
+                    "with generate_dataset.py --apply-review) and index.html.",
+        "examples:\n"
+        "  python evaluate.py --model model_save/RUN --data data/records --split val --out report\n"
+        "  python evaluate.py --model model_save/pets --data data/pets --split test --table")
     _bundle_args(p)
     p.add_argument("--data", default="data/records", metavar="DIR", help="dataset folder (default: data/records)")
     p.add_argument("--split", default="val", help="split to score (default: val)")
-    p.add_argument("--threshold", type=float, metavar="P", help="one fixed threshold instead of the tuned ones")
+    p.add_argument("--threshold", type=float, metavar="P", help="one fixed threshold instead of the tuned ones "
+                   "(binary: on the positive class's probability)")
     p.add_argument("--out", default="report", metavar="DIR", help="report folder (default: report)")
     p.add_argument("--top-losses", type=int, default=20, metavar="K", help="images in the top-losses view "
-                   "(default: 20)")
+                   "and review.csv (default: 20)")
+    p.add_argument("--top-k", type=int, metavar="K", help="single-label: k of top-k accuracy (default: the "
+                   "bundle's, 5 or fewer on small class sets)")
+    p.add_argument("--table", action="store_true", help="print one line per image (file, true label, "
+                   "predicted label, score) and a final 'accuracy: X (n/N)' line")
     p.add_argument("--export", action="append", choices=("savedmodel", "tflite"),
                    help="write a serving SavedModel (BUNDLE/saved_model/) or BUNDLE/model.tflite and exit "
                         "(repeatable); detect.py --model BUNDLE/model.tflite runs the TFLite one")
@@ -383,12 +394,16 @@ def evaluate_main(argv: list[str] | None = None) -> int:
             for fmt in args.export:
                 print(f"exported {fmt}: {prediction.export_bundle(bundle, fmt)}")
             return 0
-        result, y, scores, ids = evaluation.evaluate(bundle, args.data, args.split, args.threshold)
+        result, y, scores, ids, sources = evaluation.evaluate(bundle, args.data, args.split, args.threshold,
+                                                              args.top_k)
     except (prediction.BundleError, FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     evaluation.print_summary(result)
     written = evaluation.write_report(Path(args.out), bundle, result, y, scores, ids, args.data, args.split,
-                                      evaluation.history_for(bundle), args.top_losses)
+                                      evaluation.history_for(bundle), args.top_losses, sources, args.threshold)
     print(f"report: {Path(args.out) / 'index.html'} ({len(written)} files)")
+    if args.table:  # last, so the accuracy line ends the output as in the Caffe project's script
+        print()
+        evaluation.print_table(bundle, result, y, scores, ids, sources, args.threshold)
     return 0

@@ -1,7 +1,10 @@
 """The `evaluate.py` job: a bundle on a dataset split -> metrics.json, plots and an HTML page.
 
 Every figure is shown beside two baselines a model must beat: the best
-constant label set (chosen on the training split) and class priors as scores.
+constant label set (chosen on the training split) and class priors as scores;
+for single-label bundles, the majority class and class priors. Every report
+holds `review.csv`, the images with the highest loss, for a person to mark
+keep/relabel/drop and feed back to `generate_dataset.py --apply-review`.
 """
 
 from __future__ import annotations
@@ -19,18 +22,25 @@ from sklearn.metrics import precision_recall_curve, roc_auc_score
 from . import metrics, pipeline, prediction, records
 
 
-def evaluate(bundle: prediction.Bundle, data: str | Path, split: str = "val",
-             threshold: float | None = None) -> tuple[dict[str, Any], np.ndarray, np.ndarray, list[str]]:
-    """Scores the split; returns (metrics dict, labels, scores, record ids)."""
+REVIEW_COLUMNS = ["id", "source", "labels", "predicted", "score", "loss", "action", "new_labels"]
+
+
+def evaluate(bundle: prediction.Bundle, data: str | Path, split: str = "val", threshold: float | None = None,
+             top_k: int | None = None) -> tuple[dict[str, Any], np.ndarray, np.ndarray, list[str], list[str]]:
+    """Scores the split; returns (metrics dict, labels (N, labels), scores (N, columns), record ids, sources)."""
     part = pipeline.describe_split(data, split)
     n = len(bundle.labels)
     ds = pipeline.make_dataset(part.files, n, image_size=bundle.input_size, batch_size=64, training=False,
                                count=part.count)
     out = bundle.model.predict(ds, verbose=0)
-    scores = prediction.stack_heads(out, bundle.heads)
-    recs = [(r["id"], r["labels"]) for r in records.iter_records(part.files, n)]  # one pass: ids and labels
-    ids = [i for i, _ in recs]
-    y = np.array([lab for _, lab in recs], dtype=int).reshape(len(recs), n)
+    scores = prediction.to_probs(out, bundle.heads, bundle.task)
+    # one pass: ids, sources and labels
+    recs = [(r["id"], r["source"], r["labels"]) for r in records.iter_records(part.files, n)]
+    ids = [i for i, _, _ in recs]
+    sources = [src for _, src, _ in recs]
+    y = np.array([lab for _, _, lab in recs], dtype=int).reshape(len(recs), n)
+    if bundle.task != "multilabel":
+        return evaluate_single(bundle, y, scores, data, split, threshold, top_k), y, scores, ids, sources
     th = np.full(n, threshold) if threshold is not None else bundle.thresholds
     pred = scores >= th
     ap = metrics.average_precision(y, scores)
@@ -63,18 +73,123 @@ def evaluate(bundle: prediction.Bundle, data: str | Path, split: str = "val",
     gain = result["f2_samples"] - const["f2_samples"]
     result["verdict"] = (f"the model beats the constant predictor on sample-F2 by {gain:+.3f}" if gain > 0 else
                          f"warning: the model does not beat the constant predictor on sample-F2 ({gain:+.3f})")
-    return result, y, scores, ids
+    return result, y, scores, ids, sources
 
 
-def top_losses(y: np.ndarray, scores: np.ndarray, k: int = 20) -> np.ndarray:
-    """Indices of the images with the highest summed binary cross-entropy (the fastai cleaning view)."""
-    p = np.clip(scores, 1e-7, 1 - 1e-7)
-    loss = -(y * np.log(p) + (1 - y) * np.log(1 - p)).sum(1)
-    return np.argsort(-loss)[:k]
+def class_indices(y: np.ndarray, task: str) -> np.ndarray:
+    """Label rows -> class indices: the one-hot position (multiclass), the positive column (binary)."""
+    return (y[:, -1] > 0).astype(int) if task == "binary" else np.argmax(y, axis=1)
+
+
+def predicted_indices(bundle: prediction.Bundle, scores: np.ndarray, threshold: float | None = None) -> np.ndarray:
+    """Most probable class; binary: positive when its probability reaches the (tuned) threshold."""
+    if bundle.task == "binary":
+        t = bundle.threshold if threshold is None else threshold
+        return (scores[:, 1] >= t).astype(int)
+    return np.argmax(scores, axis=1)
+
+
+def evaluate_single(bundle: prediction.Bundle, y: np.ndarray, scores: np.ndarray, data: str | Path, split: str,
+                    threshold: float | None = None, top_k: int | None = None) -> dict[str, Any]:
+    """Accuracy, top-k, per-class precision/recall/F1, confusion, most confused, beside the majority class
+    and class priors (counted on the training split)."""
+    from sklearn.metrics import roc_auc_score
+
+    classes, task = bundle.classes, bundle.task
+    k = top_k or int(bundle.meta.get("top_k") or max(1, min(5, len(classes) - 1)))
+    y_idx = class_indices(y, task)
+    pred = predicted_indices(bundle, scores, threshold)
+    s = metrics.single_label_summary(y_idx, scores, classes, k, pred=pred)
+    train = pipeline.describe_split(data, "train")
+    counts = list(train.positives)
+    if task == "binary" and len(counts) == 1:
+        counts = [train.count - counts[0], counts[0]]
+    base = metrics.majority_baseline(counts, y_idx, classes, k)
+    result: dict[str, Any] = {"task": task, "split": split, "classes": classes, **s, "baselines": base}
+    if task == "binary":
+        p = scores[:, 1]
+        both = 0 < y_idx.sum() < len(y_idx)
+        result.update({
+            "positive_class": classes[1], "threshold": float(bundle.threshold if threshold is None else threshold),
+            "thresholds": "fixed" if threshold is not None else "tuned" if len(bundle.thresholds) else "0.5",
+            "accuracy_at_0.5": float(((p >= 0.5).astype(int) == y_idx).mean()) if len(p) else 0.0,
+            "roc_auc": float(roc_auc_score(y_idx, p)) if both else None,
+            "ap": float(metrics.average_precision(y_idx[:, None], p[:, None])[0]) if y_idx.any() else None})
+    gain = s["accuracy"] - base["majority"]["accuracy"]
+    result["verdict"] = (
+        f"the model beats the majority class ('{base['majority']['class']}') on accuracy by {gain:+.3f}"
+        if gain > 0 else
+        f"warning: the model does not beat the majority class ('{base['majority']['class']}') on accuracy "
+        f"({gain:+.3f})")
+    return result
+
+
+def image_losses(bundle: prediction.Bundle, y: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """Per image: summed binary cross-entropy over the labels (multilabel), cross-entropy of the true class
+    (multiclass, binary)."""
+    if bundle.task == "multilabel":
+        p = np.clip(scores, 1e-7, 1 - 1e-7)
+        return -(y * np.log(p) + (1 - y) * np.log(1 - p)).sum(1)
+    idx = class_indices(y, bundle.task)
+    return -np.log(np.clip(scores[np.arange(len(idx)), idx], 1e-7, 1.0))
+
+
+def top_losses(y: np.ndarray, scores: np.ndarray, k: int = 20, bundle: prediction.Bundle | None = None) -> np.ndarray:
+    """Indices of the images with the highest loss (the fastai cleaning view): summed binary cross-entropy,
+    or for a single-label bundle the cross-entropy of the true class."""
+    if bundle is None:
+        p = np.clip(scores, 1e-7, 1 - 1e-7)
+        loss = -(y * np.log(p) + (1 - y) * np.log(1 - p)).sum(1)
+    else:
+        loss = image_losses(bundle, y, scores)
+    return np.argsort(-loss, kind="stable")[:k]
+
+
+def row_labels(bundle: prediction.Bundle, result: dict[str, Any], y: np.ndarray, scores: np.ndarray,
+               threshold: float | None = None) -> tuple[list[str], list[str], np.ndarray]:
+    """Per image: true labels, predicted labels (';'-joined names) and the predicted probability
+    (single-label: of the predicted class; multilabel: of the most probable label)."""
+    if bundle.task != "multilabel":
+        names = bundle.classes
+        t, pr = class_indices(y, bundle.task), predicted_indices(bundle, scores, threshold)
+        return [names[i] for i in t], [names[i] for i in pr], scores[np.arange(len(pr)), pr]
+    th = np.array([result["per_class"][lb]["threshold"] for lb in bundle.labels])
+    true = [";".join(lb for lb, v in zip(bundle.labels, row) if v) for row in y]
+    pred = [";".join(lb for lb, s_, t_ in zip(bundle.labels, row, th) if s_ >= t_) for row in scores]
+    return true, pred, scores.max(1) if scores.size else np.zeros(len(y))
+
+
+def review_csv(bundle: prediction.Bundle, result: dict[str, Any], y: np.ndarray, scores: np.ndarray,
+               ids: list[str], sources: list[str], k: int = 20, threshold: float | None = None) -> str:
+    """The top-loss images as `id,source,labels,predicted,score,loss,action,new_labels`; action and
+    new_labels are left blank for a person (keep / relabel / drop)."""
+    loss = image_losses(bundle, y, scores)
+    worst = np.argsort(-loss, kind="stable")[:k]
+    true, pred, score = row_labels(bundle, result, y, scores, threshold)
+    return records.csv_text(REVIEW_COLUMNS, ([ids[i], sources[i], true[i], pred[i], f"{score[i]:.4f}",
+                                              f"{loss[i]:.4f}", "", ""] for i in worst))
+
+
+def print_table(bundle: prediction.Bundle, result: dict[str, Any], y: np.ndarray, scores: np.ndarray,
+                ids: list[str], sources: list[str], threshold: float | None = None) -> None:
+    """One line per image (file, true label, predicted label, score), as the Caffe project printed, then
+    `accuracy: X (n/N)` (multilabel: exact-match accuracy)."""
+    true, pred, score = row_labels(bundle, result, y, scores, threshold)
+    files = [src or i for src, i in zip(sources, ids)]
+    wf = max([len("file")] + [len(f) for f in files])
+    wt = max([len("true")] + [len(t) for t in true])
+    wp = max([len("predicted")] + [len(p) for p in pred])
+    print(f"{'file':<{wf}}  {'true':<{wt}}  {'predicted':<{wp}}  score")
+    for f, t, p, s in zip(files, true, pred, score):
+        print(f"{f:<{wf}}  {t:<{wt}}  {p:<{wp}}  {s:.4f}")
+    n = len(true)
+    right = sum(t == p for t, p in zip(true, pred))
+    print(f"accuracy: {right / n if n else 0.0:.4f} ({right}/{n})")
 
 
 def write_report(out: Path, bundle: prediction.Bundle, result: dict[str, Any], y: np.ndarray, scores: np.ndarray,
-                 ids: list[str], data: str | Path, split: str, history: Path | None, k: int = 20) -> list[Path]:
+                 ids: list[str], data: str | Path, split: str, history: Path | None, k: int = 20,
+                 sources: list[str] | None = None, threshold: float | None = None) -> list[Path]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -94,43 +209,47 @@ def write_report(out: Path, bundle: prediction.Bundle, result: dict[str, Any], y
         tmp.replace(path)
         written.append(path)
 
-    cols = min(4, n)
-    rows = -(-n // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.8 * rows), squeeze=False)
-    for c, ax in enumerate(axes.flat):
-        if c >= n:
-            ax.axis("off")
-            continue
-        if y[:, c].any():
-            pr, rc, _ = precision_recall_curve(y[:, c], scores[:, c])
-            ax.plot(rc, pr)
-            ax.axhline(y[:, c].mean(), color="grey", linestyle=":", linewidth=1)
-        ax.set_title(f"{labels[c]} AP {result['per_class'][labels[c]]['ap'] or 0:.2f}", fontsize=9)
-        ax.set_xlim(0, 1)
-        ax.set_ylim(0, 1.02)
-    fig.suptitle("precision-recall per class (dotted: class frequency)")
-    save(fig, "pr_curves.png")
+    single = bundle.task != "multilabel"
+    if single:
+        written.append(_single_plots(out, bundle, result, save, plt))
+    else:
+        cols = min(4, n)
+        rows = -(-n // cols)
+        fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.8 * rows), squeeze=False)
+        for c, ax in enumerate(axes.flat):
+            if c >= n:
+                ax.axis("off")
+                continue
+            if y[:, c].any():
+                pr, rc, _ = precision_recall_curve(y[:, c], scores[:, c])
+                ax.plot(rc, pr)
+                ax.axhline(y[:, c].mean(), color="grey", linestyle=":", linewidth=1)
+            ax.set_title(f"{labels[c]} AP {result['per_class'][labels[c]]['ap'] or 0:.2f}", fontsize=9)
+            ax.set_xlim(0, 1)
+            ax.set_ylim(0, 1.02)
+        fig.suptitle("precision-recall per class (dotted: class frequency)")
+        save(fig, "pr_curves.png")
 
-    freq = y.mean(0)
-    ap = [result["per_class"][lb]["ap"] or 0.0 for lb in labels]
-    fig, ax = plt.subplots(figsize=(max(6, 0.55 * n), 4))
-    x = np.arange(n)
-    ax.bar(x - 0.2, ap, 0.4, label="AP")
-    ax.bar(x + 0.2, freq, 0.4, label="frequency (AP of a random ranking)")
-    ax.set_xticks(x, labels, rotation=45, ha="right")
-    ax.set_ylim(0, 1)
-    ax.legend()
-    ax.set_title(f"AP per class vs class frequency — mAP {result['mAP']:.3f}")
-    save(fig, "ap_per_class.png")
+        freq = y.mean(0)
+        ap = [result["per_class"][lb]["ap"] or 0.0 for lb in labels]
+        fig, ax = plt.subplots(figsize=(max(6, 0.55 * n), 4))
+        x = np.arange(n)
+        ax.bar(x - 0.2, ap, 0.4, label="AP")
+        ax.bar(x + 0.2, freq, 0.4, label="frequency (AP of a random ranking)")
+        ax.set_xticks(x, labels, rotation=45, ha="right")
+        ax.set_ylim(0, 1)
+        ax.legend()
+        ax.set_title(f"AP per class vs class frequency — mAP {result['mAP']:.3f}")
+        save(fig, "ap_per_class.png")
 
-    co = y.T @ y
-    fig, ax = plt.subplots(figsize=(max(5, 0.5 * n), max(4, 0.45 * n)))
-    im = ax.imshow(co, cmap="viridis")
-    ax.set_xticks(range(n), labels, rotation=90)
-    ax.set_yticks(range(n), labels)
-    fig.colorbar(im, ax=ax)
-    ax.set_title("label co-occurrence (images)")
-    save(fig, "cooccurrence.png")
+        co = y.T @ y
+        fig, ax = plt.subplots(figsize=(max(5, 0.5 * n), max(4, 0.45 * n)))
+        im = ax.imshow(co, cmap="viridis")
+        ax.set_xticks(range(n), labels, rotation=90)
+        ax.set_yticks(range(n), labels)
+        fig.colorbar(im, ax=ax)
+        ax.set_title("label co-occurrence (images)")
+        save(fig, "cooccurrence.png")
 
     if history is not None and history.is_file():
         with open(history, newline="") as f:
@@ -143,7 +262,8 @@ def write_report(out: Path, bundle: prediction.Bundle, result: dict[str, Any], y
                     a1.plot(ep, [float(r[key]) for r in rows_h], marker="o", label=key)
             a1.set_xlabel("epoch")
             a1.legend()
-            for key in ("val_mAP", "val_f2_samples", "val_f1_macro"):
+            for key in ("val_mAP", "val_f2_samples", "val_f1_macro", "val_accuracy", "val_auc", "val_ap",
+                        *(c for c in rows_h[0] if c.startswith("val_top"))):
                 if key in rows_h[0]:
                     a2.plot(ep, [float(r[key]) for r in rows_h], marker="o", label=key)
             a2.set_xlabel("epoch")
@@ -151,20 +271,22 @@ def write_report(out: Path, bundle: prediction.Bundle, result: dict[str, Any], y
             fig.suptitle(f"training curves ({history.parent.name})")
             save(fig, "training_curves.png")
 
-    worst = top_losses(y, scores, k)
+    worst = top_losses(y, scores, k, bundle)
     wanted = {ids[i] for i in worst}
     images = {r["id"]: r["image"] for r in records.iter_records(pipeline.describe_split(data, split).files, n)
               if r["id"] in wanted}
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["id", "true_labels", "predicted_labels", "action", *labels])
-    th = np.array([result["per_class"][lb]["threshold"] for lb in labels])
+    columns = bundle.classes
+    true, pred, _ = row_labels(bundle, result, y, scores, threshold)
+    w.writerow(["id", "true_labels", "predicted_labels", "action", *columns])
     for i in worst:
-        w.writerow([ids[i], ";".join(lb for lb, v in zip(labels, y[i]) if v),
-                    ";".join(lb for lb, s, t in zip(labels, scores[i], th) if s >= t), "keep",
-                    *(f"{s:.4f}" for s in scores[i])])
+        w.writerow([ids[i], true[i], pred[i], "keep", *(f"{s:.4f}" for s in scores[i])])
     records.atomic_write_text(out / "top_losses.csv", buf.getvalue())
     written.append(out / "top_losses.csv")
+    records.atomic_write_text(out / "review.csv", review_csv(bundle, result, y, scores, ids,
+                                                             sources or [""] * len(ids), k, threshold))
+    written.append(out / "review.csv")
     if images:
         import cv2
 
@@ -176,20 +298,61 @@ def write_report(out: Path, bundle: prediction.Bundle, result: dict[str, Any], y
             if img is not None:
                 arr = cv2.imdecode(np.frombuffer(img, np.uint8), cv2.IMREAD_COLOR)
                 ax.imshow(cv2.cvtColor(arr, cv2.COLOR_BGR2RGB))
-            true = [lb for lb, v in zip(labels, y[i]) if v]
+            if single:
+                t = class_indices(y[i:i + 1], bundle.task)[0]
+                ax.set_title(f"{ids[i]}\ntrue: {columns[t]} {scores[i, t]:.2f}\npredicted: {pred[i]} "
+                             f"{scores[i].max():.2f}", fontsize=7)
+                continue
+            true_i = [lb for lb, v in zip(labels, y[i]) if v]
             wrong = sorted(range(n), key=lambda c: -abs(y[i, c] - scores[i, c]))[:2]
-            ax.set_title(f"{ids[i]}\ntrue: {', '.join(true) or '-'}\n" +
+            ax.set_title(f"{ids[i]}\ntrue: {', '.join(true_i) or '-'}\n" +
                          ", ".join(f"{labels[c]} {scores[i, c]:.2f}" for c in wrong), fontsize=7)
         for ax in axes.flat:
             ax.axis("off")
-        fig.suptitle("top losses: images the model gets most wrong (true labels; worst two probabilities)")
+        fig.suptitle("top losses: images the model gets most wrong " +
+                     ("(true class and its probability; predicted class)" if single else
+                      "(true labels; worst two probabilities)"))
         save(fig, "top_losses.png")
 
     records.atomic_write_json(out / "metrics.json", result)
     written.append(out / "metrics.json")
-    records.atomic_write_text(out / "index.html", _html(result, labels, [p.name for p in written if p.suffix == ".png"]))
+    pngs = [p.name for p in written if p.suffix == ".png"]
+    records.atomic_write_text(out / "index.html", _html_single(result, pngs) if single else _html(result, labels, pngs))
     written.append(out / "index.html")
     return written
+
+
+def _single_plots(out: Path, bundle: prediction.Bundle, result: dict[str, Any], save, plt) -> Path:
+    """confusion.png (counts, true classes down, predicted across), confusion.csv, per_class.png."""
+    classes = bundle.classes
+    k = len(classes)
+    cm = np.array(result["confusion"])
+    fig, ax = plt.subplots(figsize=(max(4.5, 0.6 * k + 2), max(4, 0.55 * k + 1.5)))
+    ax.imshow(cm, cmap="Blues")
+    ax.set_xticks(range(k), classes, rotation=45, ha="right")
+    ax.set_yticks(range(k), classes)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    top = cm.max() if cm.size else 0
+    for i in range(k):
+        for j in range(k):
+            ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=8,
+                    color="white" if cm[i, j] > top / 2 else "black")
+    ax.set_title(f"confusion matrix — accuracy {result['accuracy']:.3f} ({result['correct']}/{result['images']})")
+    save(fig, "confusion.png")
+    records.atomic_write_text(out / "confusion.csv", records.csv_text(
+        ["true \\ predicted", *classes], ([c, *row] for c, row in zip(classes, cm.tolist()))))
+    pc = result["per_class"]
+    fig, ax = plt.subplots(figsize=(max(6, 0.7 * k), 4))
+    x = np.arange(k)
+    for off, key in ((-0.27, "precision"), (0.0, "recall"), (0.27, "f1")):
+        ax.bar(x + off, [pc[c][key] for c in classes], 0.27, label=key)
+    ax.set_xticks(x, classes, rotation=45, ha="right")
+    ax.set_ylim(0, 1.05)
+    ax.legend()
+    ax.set_title(f"per class — macro-F1 {result['f1_macro']:.3f}")
+    save(fig, "per_class.png")
+    return out / "confusion.csv"
 
 
 def _html(result: dict[str, Any], labels: list[str], pngs: list[str]) -> str:
@@ -215,12 +378,62 @@ def _html(result: dict[str, Any], labels: list[str], pngs: list[str]) -> str:
 """
 
 
+def _html_single(result: dict[str, Any], pngs: list[str]) -> str:
+    b = result["baselines"]
+    k = result["top_k"]
+    rows = "".join(
+        f"<tr><td>{html.escape(c)}</td><td>{v['support']}</td><td>{v['predicted']}</td><td>{v['precision']:.3f}</td>"
+        f"<td>{v['recall']:.3f}</td><td>{v['f1']:.3f}</td></tr>" for c, v in result["per_class"].items())
+    confused = "".join(f"<li>{html.escape(a)} &rarr; {html.escape(p)}: {n}</li>"
+                       for a, p, n in result["most_confused"][:10])
+    imgs = "".join(f'<h3>{html.escape(p)}</h3><img src="{html.escape(p)}" style="max-width:100%">' for p in pngs)
+    return f"""<!doctype html><html><head><meta charset="utf-8"><title>fashion evaluation</title>
+<style>body{{font-family:sans-serif;margin:2em}}td,th{{padding:2px 10px;text-align:right}}</style></head><body>
+<h1>Evaluation ({result['task']}): {result['split']} split, {result['images']} images</h1>
+<p><b>{html.escape(result['verdict'])}</b></p>
+<table><tr><th></th><th>accuracy</th><th>top-{k}</th><th>macro-F1</th><th>log loss</th></tr>
+<tr><td>model</td><td>{result['accuracy']:.3f}</td><td>{result['top_k_accuracy']:.3f}</td>
+<td>{result['f1_macro']:.3f}</td><td>{result['log_loss']:.3f}</td></tr>
+<tr><td>majority ({html.escape(b['majority']['class'])})</td><td>{b['majority']['accuracy']:.3f}</td><td></td>
+<td>{b['majority']['f1_macro']:.3f}</td><td></td></tr>
+<tr><td>class priors</td><td></td><td>{b['prior']['top_k_accuracy']:.3f}</td><td></td>
+<td>{b['prior']['log_loss']:.3f}</td></tr></table>
+<h2>Most confused (true &rarr; predicted)</h2><ul>{confused or '<li>none</li>'}</ul>
+<h2>Per class</h2><table><tr><th>class</th><th>images</th><th>predicted</th><th>precision</th><th>recall</th>
+<th>F1</th></tr>{rows}</table>{imgs}</body></html>
+"""
+
+
 def _f(v) -> str:
     return "-" if v is None else f"{v:.3f}"
 
 
 def print_summary(result: dict[str, Any]) -> None:
     b = result["baselines"]
+    if result.get("task", "multilabel") != "multilabel":
+        k = result["top_k"]
+        print(f"{result['split']}: {result['images']} images ({result['task']})")
+        if result["task"] == "binary":
+            auc = "-" if result["roc_auc"] is None else f"{result['roc_auc']:.3f}"
+            pos = result["positive_class"]
+            print(f"  model     accuracy {result['accuracy']:.3f} at threshold {result['threshold']:.2f} "
+                  f"({result['thresholds']}), {result['accuracy_at_0.5']:.3f} at 0.5  ROC-AUC {auc}  "
+                  f"F1({pos}) {result['per_class'][pos]['f1']:.3f}  macro-F1 {result['f1_macro']:.3f}")
+        else:
+            print(f"  model     accuracy {result['accuracy']:.3f}  top-{k} {result['top_k_accuracy']:.3f}  "
+                  f"macro-F1 {result['f1_macro']:.3f}  log loss {result['log_loss']:.3f}")
+        print(f"  majority  accuracy {b['majority']['accuracy']:.3f} (always '{b['majority']['class']}')  "
+              f"macro-F1 {b['majority']['f1_macro']:.3f}")
+        print(f"  priors    top-{k} {b['prior']['top_k_accuracy']:.3f}  log loss {b['prior']['log_loss']:.3f}")
+        width = max(len(c) for c in result["per_class"])
+        print(f"  {'class':<{width}} {'images':>6} {'precision':>9} {'recall':>7} {'F1':>6}")
+        for c, v in result["per_class"].items():
+            print(f"  {c:<{width}} {v['support']:6d} {v['precision']:9.3f} {v['recall']:7.3f} {v['f1']:6.3f}")
+        if result["most_confused"]:
+            print("  most confused (true -> predicted): " +
+                  ", ".join(f"{a} -> {p} {n}" for a, p, n in result["most_confused"][:10]))
+        print(result["verdict"])
+        return
     print(f"{result['split']}: {result['images']} images")
     print(f"  model     mAP {result['mAP']:.3f}  sample-F2 {result['f2_samples']:.3f} ({result['thresholds']} "
           f"thresholds), {result['f2_samples_at_0.5']:.3f} at 0.5  macro-F1 {result['f1_macro']:.3f}  "
