@@ -273,16 +273,23 @@ def detect_parser() -> argparse.ArgumentParser:
     p = _parser(
         "detect.py",
         "Per-category probabilities for images, with the labels that pass the per-class "
-                    "thresholds tuned on validation data (marked *).",
+                    "thresholds tuned on validation data (marked *). Single-label bundles: the predicted class "
+                    "and its probability, then the top-k table; binary bundles: the positive class's probability "
+                    "(the positive class is the dataset's second label) and the label at the tuned threshold "
+                    "(0.5 when none was tuned).",
         "inputs: image files, folders (searched recursively), globs ('photos/*.jpg'),\n"
         "        http(s) URLs, or - to read paths/URLs from standard input\n"
         "exit code: 0 all images processed, 1 some failed (one line each), 2 no model")
     p.add_argument("inputs", nargs="+", metavar="IMAGE", help="images, folders, globs, URLs or -")
     _bundle_args(p)
     p.add_argument("--threshold", type=float, metavar="P",
-                   help="one threshold for every class instead of the tuned ones")
-    p.add_argument("--json", metavar="FILE", help="write {input: {probabilities: {label: p}, labels: [...]}}")
-    p.add_argument("--csv", metavar="FILE", help="write one row per image: input, labels, then a column per class")
+                   help="one threshold for every class instead of the tuned ones (binary: for the positive class)")
+    p.add_argument("--top-k", type=int, metavar="K", help="single-label: classes in the table (default: 5, or the "
+                   "number of classes); multilabel: show only the K most probable labels")
+    p.add_argument("--json", metavar="FILE", help="write {input: {probabilities: {label: p}, labels: [...]}}; "
+                   "single-label: {input: {class, score, top_k: [{label, score}], probabilities}}")
+    p.add_argument("--csv", metavar="FILE", help="write one row per image: input, labels, then a column per class; "
+                   "single-label: input, class, score, top_k, then a column per class")
     p.add_argument("--tta", action="store_true", help="average with the mirrored image")
     p.add_argument("--batch-size", type=int, default=32, metavar="N", help="images per batch (default: 32)")
     p.add_argument("--quiet", action="store_true", help="no per-image table (with --json/--csv)")
@@ -308,12 +315,19 @@ def detect_main(argv: list[str] | None = None) -> int:
     except (prediction.BundleError, OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    single = bundle.task != "multilabel"
+    classes = bundle.classes
+    if bundle.task == "multiclass" and args.threshold is not None:
+        print("note: --threshold does not apply to a multiclass bundle (the most probable class wins)",
+              file=sys.stderr)
     thresholds = np.full(len(bundle.labels), args.threshold) if args.threshold is not None else bundle.thresholds
+    cut = (args.threshold if args.threshold is not None else bundle.threshold) if bundle.task == "binary" else None
+    k = args.top_k if args.top_k else min(5, len(classes))
     fetcher = Fetcher(min_bytes=0, retries=2, pool_size=4)
     inputs = list(prediction.expand_inputs(args.inputs))
     results: dict[str, dict] = {}
     failed = 0
-    width = max(len(lb) for lb in bundle.labels)
+    width = max(len(lb) for lb in classes)
     show = not args.quiet
     bar = tqdm(total=len(inputs), unit="img", desc="detect", disable=len(inputs) <= args.batch_size, file=sys.stderr)
     for start in range(0, len(inputs), args.batch_size):
@@ -328,13 +342,24 @@ def detect_main(argv: list[str] | None = None) -> int:
         if arrays:
             probs = prediction.predict_arrays(bundle, np.stack(arrays), tta=args.tta)
             for src, p in zip(chunk, probs):
+                if single:
+                    results[src] = _single_result(p, classes, k, cut)
+                    if show:
+                        tqdm.write(_single_lines(src, results[src], width, cut))
+                    continue
                 chosen = [lb for lb, v, t in zip(bundle.labels, p, thresholds) if v >= t]
                 results[src] = {"probabilities": {lb: round(float(v), 6) for lb, v in zip(bundle.labels, p)},
                                 "labels": chosen}
+                if args.top_k:
+                    results[src]["top_k"] = [{"label": lb, "score": round(v, 6)}
+                                             for lb, v in prediction.top_k(p, bundle.labels, args.top_k)]
                 if show:
                     lines = [f"{src}: {', '.join(chosen) if chosen else '(no label passes its threshold)'}"]
-                    lines += [f"  {'*' if v >= t else ' '} {lb:<{width}} {v:6.3f}   (threshold {t:.2f})"
-                              for lb, v, t in zip(bundle.labels, p, thresholds)]
+                    # --top-k: the K most probable labels, most probable first; else every label in label order
+                    order = np.argsort(-p, kind="stable")[:args.top_k] if args.top_k else range(len(p))
+                    th = dict(zip(bundle.labels, thresholds))
+                    lines += [f"  {'*' if p[i] >= th[bundle.labels[i]] else ' '} {bundle.labels[i]:<{width}} "
+                              f"{p[i]:6.3f}   (threshold {th[bundle.labels[i]]:.2f})" for i in order]
                     tqdm.write("\n".join(lines))
         bar.update(len(inputs[start:start + args.batch_size]))
     bar.close()
@@ -343,13 +368,44 @@ def detect_main(argv: list[str] | None = None) -> int:
     if args.csv:
         buf = io.StringIO()
         w = csv.writer(buf, lineterminator="\n")
-        w.writerow(["input", "labels", *bundle.labels])
-        for src, r in results.items():
-            w.writerow([src, ";".join(r["labels"]), *(f"{r['probabilities'][lb]:.6f}" for lb in bundle.labels)])
+        if single:
+            w.writerow(["input", "class", "score", "top_k", *classes])
+            for src, r in results.items():
+                w.writerow([src, r["class"], f"{r['score']:.6f}",
+                            ";".join(f"{t['label']}:{t['score']:.4f}" for t in r["top_k"]),
+                            *(f"{r['probabilities'][c]:.6f}" for c in classes)])
+        else:
+            w.writerow(["input", "labels", *bundle.labels])
+            for src, r in results.items():
+                w.writerow([src, ";".join(r["labels"]), *(f"{r['probabilities'][lb]:.6f}" for lb in bundle.labels)])
         atomic_write_text(args.csv, buf.getvalue())
     if failed:
         print(f"{failed} of {len(inputs)} input(s) failed; {len(results)} processed", file=sys.stderr)
     return 1 if failed or not inputs else 0
+
+
+def _single_result(p, classes: list[str], k: int, cut: float | None) -> dict:
+    """One image of a single-label bundle: class, score, top_k (and for binary the positive class's
+    probability and the threshold that decided)."""
+    from .prediction import top_k
+
+    best = (1 if p[1] >= cut else 0) if cut is not None else int(p.argmax())
+    r = {"class": classes[best], "score": round(float(p[best]), 6),
+         "top_k": [{"label": c, "score": round(v, 6)} for c, v in top_k(p, classes, k)],
+         "probabilities": {c: round(float(v), 6) for c, v in zip(classes, p)}}
+    if cut is not None:
+        r.update({"positive": classes[1], "probability": round(float(p[1]), 6), "threshold": float(cut)})
+    return r
+
+
+def _single_lines(src: str, r: dict, width: int, cut: float | None) -> str:
+    if cut is not None:
+        head = (f"{src}: {r['class']} {r['score']:.3f}   (p({r['positive']}) = {r['probability']:.3f}, "
+                f"threshold {cut:.2f})")
+    else:
+        head = f"{src}: {r['class']} {r['score']:.3f}"
+    return "\n".join([head] + [f"  {'*' if t['label'] == r['class'] else ' '} {t['label']:<{width}} "
+                                f"{t['score']:6.3f}" for t in r["top_k"]])
 
 
 def evaluate_parser() -> argparse.ArgumentParser:
