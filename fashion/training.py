@@ -83,15 +83,58 @@ def make_schedule(kind: str, lr: float, steps: int, warmup: float):
     return lr  # constant; plateau lowers it from a callback
 
 
+class _TrunkRate:
+    """Discriminative rates (`--lr-mult`): trunk variables step at `lr_mult` x the rate, heads at the rate.
+
+    Heads are the layers named `head_*` (model.py); everything else is trunk. Scaling the rate inside
+    `update_step` keeps one optimizer, so its state, schedule, accumulation and loss scaling stay as
+    they are, and the multiplier travels in the optimizer's config through checkpoints and --resume.
+    """
+
+    def __init__(self, *args, lr_mult: float = 1.0, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.lr_mult = float(lr_mult)
+
+    def build(self, variables):
+        super().build(variables)
+        # update_step may see the backend's variable (no .path), so remember the trunk by key
+        self._trunk_keys = {self._var_key(v) for v in variables if not v.path.startswith(model_lib.HEAD_PREFIX)}
+
+    def update_step(self, gradient, variable, learning_rate):
+        if self.lr_mult != 1.0 and self._var_key(variable) in self._trunk_keys:
+            learning_rate = learning_rate * self.lr_mult
+        return super().update_step(gradient, variable, learning_rate)
+
+    def get_config(self):
+        return {**super().get_config(), "lr_mult": self.lr_mult}
+
+
+@keras.saving.register_keras_serializable(package="fashion")
+class SGD(_TrunkRate, keras.optimizers.SGD):
+    pass
+
+
+@keras.saving.register_keras_serializable(package="fashion")
+class Adam(_TrunkRate, keras.optimizers.Adam):
+    pass
+
+
+@keras.saving.register_keras_serializable(package="fashion")
+class AdamW(_TrunkRate, keras.optimizers.AdamW):
+    pass
+
+
 def make_optimizer(cfg: TrainConfig, lr) -> Any:
     accum = cfg.accum_steps if cfg.accum_steps > 1 else None
+    if cfg.lr_mult < 0:
+        raise TrainError(f"--lr-mult must be >= 0, got {cfg.lr_mult}")
+    common = {"gradient_accumulation_steps": accum, "lr_mult": cfg.lr_mult}
     if cfg.optimizer == "sgd":  # the original project: momentum 0.9, clipnorm 5
-        return keras.optimizers.SGD(lr, momentum=0.9, clipnorm=5.0, weight_decay=cfg.weight_decay or None,
-                                    gradient_accumulation_steps=accum)
+        return SGD(lr, momentum=0.9, clipnorm=5.0, weight_decay=cfg.weight_decay or None, **common)
     if cfg.optimizer == "adam":
-        return keras.optimizers.Adam(lr, weight_decay=cfg.weight_decay or None, gradient_accumulation_steps=accum)
+        return Adam(lr, weight_decay=cfg.weight_decay or None, **common)
     if cfg.optimizer == "adamw":
-        return keras.optimizers.AdamW(lr, weight_decay=cfg.weight_decay or 1e-2, gradient_accumulation_steps=accum)
+        return AdamW(lr, weight_decay=cfg.weight_decay or 1e-2, **common)
     raise TrainError(f"--optimizer must be one of {OPTIMIZERS}, got {cfg.optimizer!r}")
 
 
@@ -430,6 +473,8 @@ class Trainer:
         names = model_lib.task_heads(labels, task)
         self.classes = binary_classes(labels) if task == "binary" else list(labels)
         self.top = top_k_for(len(self.classes))
+        if task != "multilabel":
+            single_loss(cfg, task)  # a loss the head cannot take stops here, before anything is written
         stages = parse_stages(cfg)
         if cfg.resume and not (self.save_dir / "state.json").is_file():
             raise TrainError(f"--resume: {self.save_dir}/state.json not found (is --run {cfg.run} right?)")
