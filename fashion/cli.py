@@ -217,6 +217,8 @@ def train_parser() -> argparse.ArgumentParser:
     add_option(g, C, "--optimizer", "sgd = momentum 0.9 + clipnorm 5 (the original)",
                choices=("sgd", "adam", "adamw"))
     add_option(g, C, "--lr", "peak learning rate", type=float)
+    add_option(g, C, "--lr-mult", "discriminative rates: the trunk steps at this multiple of the heads' rate "
+               "(e.g. 0.1 when fine-tuning a pretrained trunk; 1 = one rate for all)", type=float, metavar="M")
     add_option(g, C, "--schedule", "learning-rate schedule per stage",
                choices=("onecycle", "cosine", "plateau", "constant"))
     add_option(g, C, "--warmup", "warm-up share of the steps (cosine; one-cycle uses at least 0.25)",

@@ -120,6 +120,7 @@ class TrainConfig:
     # optimisation
     optimizer: str = "adam"
     lr: float = 2e-3
+    lr_mult: float = 1.0
     schedule: str = "onecycle"
     warmup: float = 0.1
     weight_decay: float = 0.0

@@ -33,6 +33,8 @@ MIN_SIZE = {"xception": 71}  # keras.applications refuses smaller inputs; the ot
 MOBILENET_ALPHAS = (0.35, 0.5, 0.75, 1.0, 1.3, 1.4)  # ImageNet weights exist for these widths
 MOBILENET_SIZES = (96, 128, 160, 192, 224)  # ... and these input sizes (others use the 224 file)
 
+HEAD_PREFIX = "head_"  # every head layer's name starts with it; the rest of the model is trunk
+
 # Keras' own notop ImageNet files (keras/src/applications/*.py): name, md5.
 WEIGHTS_URL = "https://storage.googleapis.com/tensorflow/keras-applications/densenet/"
 IMAGENET_NOTOP = {

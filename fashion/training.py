@@ -547,7 +547,8 @@ class Trainer:
                         lr = make_schedule(cfg.schedule, stage.lr, steps * stage.epochs, cfg.warmup)
                         n_tr = self._prepare(model, stage.layers, lr, names, hw, pw)
                     print(f"stage {i + 1}/{len(stages)}: layers={stage.layers} ({n_tr} trunk layers train), "
-                          f"epochs {epoch + 1}-{end}, lr {stage.lr:g} ({cfg.schedule}, {cfg.optimizer})")
+                          f"epochs {epoch + 1}-{end}, lr {stage.lr:g} ({cfg.schedule}, {cfg.optimizer})"
+                          + (f", trunk at x{cfg.lr_mult:g}" if cfg.lr_mult != 1 and stage.layers != "heads" else ""))
                 checkpoints = Checkpoints(self.save_dir, i, state["best_mAP"], monitor)
                 cbs = [evaluator, checkpoints,
                        keras.callbacks.CSVLogger(str(self.log_dir / "history.csv"), append=True),

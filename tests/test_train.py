@@ -134,6 +134,35 @@ def test_accumulation_matches_the_larger_batch(dataset):
     assert moved, "the step did change the heads"
 
 
+def test_lr_mult_scales_trunk_steps_and_survives_saving(dataset, tmp_path):
+    keras.utils.set_random_seed(2)
+    x, y = batch_from(dataset, 8)
+    models, initial = [], None
+    for mult in (1.0, 0.1):
+        m = model_lib.build_model(LABELS, image_size=SIZE)
+        if initial is None:
+            initial = m.get_weights()
+        m.set_weights(initial)
+        model_lib.set_trainable(m, "all", bn="frozen")  # BatchNorm statistics fixed: both see the same function
+        m.compile(optimizer=make_optimizer(TrainConfig(optimizer="sgd", lr_mult=mult), 0.05),
+                  loss={n: losses.HeadLoss() for n in y}, run_eagerly=True)
+        m.train_on_batch(x, y)  # first SGD step: delta = -rate * gradient, momentum not yet involved
+        models.append(m)
+    start = model_lib.build_model(LABELS, image_size=SIZE)
+    start.set_weights(initial)
+    trunk_moved = False
+    for a, b, w0 in zip(models[0].weights, models[1].weights, start.weights):
+        da, db = np.array(a) - np.array(w0), np.array(b) - np.array(w0)
+        want = da if a.path.startswith(model_lib.HEAD_PREFIX) else 0.1 * da
+        np.testing.assert_allclose(db, want, rtol=2e-3, atol=1e-8, err_msg=a.path)
+        trunk_moved |= not a.path.startswith(model_lib.HEAD_PREFIX) and np.abs(da).max() > 0
+    assert trunk_moved
+    path = tmp_path / "m.keras"
+    models[1].save(path)
+    opt = keras.saving.load_model(path).optimizer
+    assert opt.lr_mult == pytest.approx(0.1) and type(opt).__name__ == "SGD"
+
+
 def test_imagenet_offline_names_the_file(tmp_path, monkeypatch):
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
     with pytest.raises(model_lib.WeightsError) as e:
