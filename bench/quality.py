@@ -82,6 +82,56 @@ def train(data: Path, run: str, size: int, epochs: int, extra: list[str]) -> dic
     return json.loads(meta.read_text())
 
 
+def export_split(data: Path) -> Path:
+    """The stored JPEGs and labels of every split, as files fastai can read (once, cached)."""
+    sys.path.insert(0, str(ROOT))
+    from fashion import records
+
+    out = data.parent / f"{data.name}-export"
+    if (out / "labels.csv").is_file():
+        return out
+    labels = records.load_manifest(data)["labels"]
+    tmp = out.with_name(out.name + ".tmp")
+    (tmp / "images").mkdir(parents=True, exist_ok=True)
+    rows = ["id,split,labels"]
+    for split in ("train", "val"):
+        for r in records.iter_records(records.shard_paths(data, split), len(labels)):
+            name = r["id"].replace("/", "_")
+            (tmp / "images" / f"{name}.jpg").write_bytes(r["image"])
+            rows.append(f"{name},{split},{';'.join(l for l, v in zip(labels, r['labels']) if v)}")
+    (tmp / "labels.txt").write_text("\n".join(labels) + "\n")
+    (tmp / "labels.csv").write_text("\n".join(rows) + "\n")
+    tmp.rename(out)
+    return out
+
+
+def fastai_run(python: str, data: Path, size: int, epochs: int) -> dict:
+    """fastai's recipe in its own environment, scored here with fashion.metrics like our runs."""
+    sys.path.insert(0, str(ROOT))
+    import numpy as np
+
+    from fashion import metrics, records
+
+    npz = OUT / f"fastai-{data.name}-{size}-{epochs}.npz"
+    if not npz.is_file():
+        export = export_split(data)
+        t = time.perf_counter()
+        p = subprocess.run([python, str(ROOT / "bench" / "fastai_multilabel.py"), "--export", str(export),
+                            "--size", str(size), "--epochs", str(epochs), "--out", str(npz)],
+                           cwd=ROOT, capture_output=True, text=True)
+        if p.returncode != 0:
+            sys.exit(f"fastai run failed:\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}")
+        print(f"  fastai: trained in {time.perf_counter() - t:.0f}s", flush=True)
+    z = np.load(npz)
+    y, p = z["targets"].astype("float32"), z["probs"]
+    n_train = records.load_manifest(data)["splits"]["train"]["records"]
+    print(f"  fastai: lr_find valley {float(z['lr']):.2e}, {len(y)} validation images, {n_train} train")
+    at_half = metrics.summary(y, p, 0.5)
+    tuned = metrics.summary(y, p, metrics.tune_thresholds(y, p))
+    return {"mAP": at_half["mAP"], "f2_samples_at_0.5": at_half["f2_samples"],
+            "f2_samples_tuned_crossfit": metrics.crossfit_f2(y, p), "f2_samples_tuned": tuned["f2_samples"]}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default="ccp-dev", help="folder under ../shared/data")
@@ -92,6 +142,8 @@ def main() -> None:
     ap.add_argument("--ablation", default="", help="also run these levers, one changed from the defaults each: "
                     f"comma-separated names, or all ({', '.join(ABLATIONS)})")
     ap.add_argument("--only-ablation", action="store_true", help="skip the original recipe (ours is the reference)")
+    ap.add_argument("--fastai", metavar="PYTHON", help="python of a side environment holding fastai: adds "
+                    "fastai's multi-label recipe on the same split and crops (bench/fastai_multilabel.py)")
     args = ap.parse_args()
     if args.data == "myntra":
         args.data = "myntra-dev"
@@ -110,6 +162,8 @@ def main() -> None:
         tag = label.split()[0] if label in RECIPES else "ab-" + label.replace(" ", "-")
         run = f"q-{args.data}-{args.size}-{args.epochs}-{tag}{args.tag}"
         results[label] = train(data, run, args.size, args.epochs, extra)["validation"]
+    if args.fastai:
+        results["fastai (side env)"] = fastai_run(args.fastai, data, args.size, args.epochs)
     base = next(iter(results.values()))["baselines"]
     print(f"\n{date.today()}, {os.cpu_count()} cores — validation split of {args.data}")
     print(f"{'recipe':<24} {'mAP':>6} {'F2 @0.5':>8} {'F2 tuned':>9} {'F2 tuned*':>10}")
