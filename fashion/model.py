@@ -157,7 +157,8 @@ def build_trunk(backbone: str, image_size: int, weights: str | None, alpha: floa
         trunk = ctor(include_top=False, weights=None, input_shape=shape)
         trunk.load_weights(weights)
         norm = next(layer for layer in trunk.layers if isinstance(layer, keras.layers.Normalization))
-        norm.variance.assign(keras.ops.convert_to_numpy(norm.variance) * keras.ops.convert_to_numpy(IMAGENET_STD))
+        norm.adapt_variance.assign(keras.ops.convert_to_numpy(norm.adapt_variance) * IMAGENET_STD)
+        norm.finalize_state()  # what Keras calls after loading variables: mean/variance from adapt_*
         return trunk
     return ctor(include_top=False, weights=weights, input_shape=shape)
 

@@ -297,3 +297,26 @@ def test_imagenet_file_names_for_the_new_backbones(tmp_path, monkeypatch):
     with pytest.raises(model_lib.WeightsError) as e:
         model_lib.imagenet_weights_file("mobilenetv2", tmp_path / "ms", alpha=0.35, image_size=96)
     assert "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_0.35_96_no_top.h5" in str(e.value)
+
+
+def test_efficientnet_notop_file_loads_as_keras_imagenet_does(tmp_path):
+    """A notop file given by path must give Keras' weights="imagenet" graph, whose extra 1/sqrt(std)
+    rescaling (TF issue 49930) is folded into the normalisation here."""
+    import h5py
+    from keras.src.legacy.saving import legacy_h5_format
+
+    src = keras.applications.EfficientNetB0(include_top=False, weights=None, input_shape=(32, 32, 3))
+    norm = next(layer for layer in src.layers if isinstance(layer, keras.layers.Normalization))
+    mean, std = np.array(model_lib.IMAGENET_MEAN), np.array(model_lib.IMAGENET_STD)
+    norm.adapt_mean.assign(mean)
+    norm.adapt_variance.assign(std)  # what Keras' file holds: the std where a variance belongs
+    norm.finalize_state()
+    path = tmp_path / model_lib.notop_file("efficientnetb0")[0]
+    with h5py.File(path, "w") as f:
+        legacy_h5_format.save_weights_to_hdf5_group(f, src)
+    trunk = model_lib.build_trunk("efficientnetb0", 32, str(path))
+    x = np.random.default_rng(1).uniform(0, 255, (2, 32, 32, 3)).astype(np.float32)
+    stem_in = keras.Model(trunk.input, trunk.get_layer("stem_conv_pad").input)
+    np.testing.assert_allclose(np.asarray(stem_in(x)), (x / 255 - mean) / np.sqrt(std) / np.sqrt(std), atol=1e-5)
+    assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(src.weights, trunk.weights)
+               if "normalization" not in a.path)
