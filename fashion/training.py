@@ -619,6 +619,8 @@ class Trainer:
             print(f"trunk initialised from ImageNet weights {notop}")
         else:
             print("trunk initialised at random (--weights none)")
+            if model_lib.cap_bn_momentum(model):
+                print("trunk BatchNorm momentum capped at 0.99 so its statistics converge in a short run")
         return model
 
     def _print_weights(self, labels, positives, n, hw, pw) -> None:

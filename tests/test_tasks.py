@@ -97,6 +97,8 @@ def test_multiclass_trains_and_the_bundle_reproduces_its_numbers(mc_bundle, mult
 
     bundle, probs, y = _val_probs(mc_bundle, multiclass_data)
     assert bundle.task == "multiclass" and probs.shape == (9, 3)
+    bns = [la for la in model_lib.trunk_of(bundle.model).layers if isinstance(la, keras.layers.BatchNormalization)]
+    assert bns and all(la.momentum == 0.99 for la in bns), "from scratch: MobileNetV2's 0.999 capped, kept in the bundle"
     np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-5)
     s = metrics.single_label_summary(y.argmax(1), probs, CLASSES, 2)
     assert s["accuracy"] == pytest.approx(meta["validation"]["accuracy"], abs=1e-9)
