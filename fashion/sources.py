@@ -244,7 +244,7 @@ def _folder(path: str | Path, what: str) -> Path:
     p = Path(path)
     if not p.is_dir():
         raise ListError(f"{path}: {what} folder not found")
-    return p
+    return p.resolve()  # absolute: item paths must not be joined to the folder a second time
 
 
 def _class_names(found: Iterable[str], fixed: list[str] | None, where: str) -> list[str]:

@@ -277,3 +277,15 @@ def test_train_and_test_folders_without_validation(tmp_path):
     assert manifest["labels"] == CLASSES  # not "train" and "test"
     assert {s: v["positives"] for s, v in manifest["splits"].items()} == {
         "train": [7, 7, 7], "val": [1, 1, 1], "test": [2, 2, 2]}
+
+
+def test_relative_source_folders(tmp_path, monkeypatch):
+    """The README's commands name folders relative to the working directory."""
+    monkeypatch.chdir(ROOT)
+    out = tmp_path / "rel"
+    assert ingest("--from-folders", "data/clothing-small", "--out", out) == 0
+    assert records.load_manifest(out)["records"] == 39
+    monkeypatch.chdir(ROOT / "data")
+    out2 = tmp_path / "rel2"
+    assert ingest("clothing-small/train", "--label-regex", r"([^/]+)/[^/]+\.jpg$", "--out", out2) == 0
+    assert records.load_manifest(out2)["records"] == 24
