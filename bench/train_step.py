@@ -20,12 +20,12 @@ import argparse
 import os
 import sys
 import tempfile
-import time
 from datetime import date
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras  # noqa: E402
@@ -34,25 +34,16 @@ import tensorflow as tf  # noqa: E402
 
 from fashion import losses, model as model_lib, pipeline  # noqa: E402
 from fashion.cli import generate_dataset_main  # noqa: E402
+from common import StepTimer, plain_keras  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "data" / "ccp-dev"
 LABELS = [f"label_{i}" for i in range(13)]
 
 
-class StepTimer(keras.callbacks.Callback):
-    def __init__(self):
-        super().__init__()
-        self.ends: list[float] = []
-
-    def on_train_batch_end(self, batch, logs=None):
-        self.ends.append(time.perf_counter())
-
-
 def steady_rate(fit, batch: int, warmup: int, steps: int) -> float:
     timer = StepTimer()
     fit(warmup + steps, timer)
-    t = timer.ends[warmup - 1:]  # from the end of the last warm-up step
-    return batch * (len(t) - 1) / (t[-1] - t[0])
+    return timer.rate(batch, warmup)
 
 
 def ours(size: int, group: str, ds) -> keras.Model:
@@ -62,22 +53,6 @@ def ours(size: int, group: str, ds) -> keras.Model:
     names = model_lib.head_names(LABELS)
     m.compile(optimizer=keras.optimizers.Adam(1e-3), loss={n: losses.HeadLoss("bce") for n in names},
               loss_weights={n: 1.0 for n in names})
-    return m
-
-
-def plain_keras(size: int, group: str) -> keras.Model:
-    keras.utils.set_random_seed(0)
-    inp = keras.Input((size, size, 3))
-    trunk = keras.applications.DenseNet121(include_top=False, weights=None, input_shape=(size, size, 3))
-    trunk.trainable = group != "heads"
-    f = trunk(inp)
-    outs = {}
-    for i in range(13):
-        h = keras.layers.Conv2D(64, 3, padding="same", activation="relu")(f)
-        h = keras.layers.GlobalAveragePooling2D()(h)
-        outs[f"o{i}"] = keras.layers.Dense(1, activation="sigmoid", name=f"o{i}")(h)
-    m = keras.Model(inp, outs)
-    m.compile(optimizer=keras.optimizers.Adam(1e-3), loss={k: "binary_crossentropy" for k in outs})
     return m
 
 

@@ -21,7 +21,6 @@ network), so there this runs on Keras' JAX backend: the same Keras model code, X
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from datetime import date
@@ -29,29 +28,21 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
+from common import StepTimer, plain_keras  # noqa: E402
 from fashion import losses, model as model_lib  # noqa: E402
 
 LABELS = [f"label_{i}" for i in range(13)]
 
 
-class StepTimer(keras.callbacks.Callback):
-    def __init__(self):
-        super().__init__()
-        self.ends: list[float] = []
-
-    def on_train_batch_end(self, batch, logs=None):
-        self.ends.append(time.perf_counter())
-
-
 def rate(m: keras.Model, x, y, batch: int, warmup: int) -> float:
     timer = StepTimer()
     m.fit(x, y, batch_size=batch, epochs=1, verbose=0, shuffle=False, callbacks=[timer])
-    t = timer.ends[warmup - 1:]  # from the end of the last warm-up step (compilation excluded)
-    return batch * (len(t) - 1) / (t[-1] - t[0])
+    return timer.rate(batch, warmup)
 
 
 def ours(size: int, group: str) -> keras.Model:
@@ -62,29 +53,6 @@ def ours(size: int, group: str) -> keras.Model:
     w = losses.head_weights([100 * (i + 1) for i in range(13)], 2000, "sqrt")
     m.compile(optimizer=keras.optimizers.Adam(1e-3), loss={n: losses.HeadLoss("bce") for n in names},
               loss_weights={n: float(w[i]) for i, n in enumerate(names)})
-    return m
-
-
-def plain(size: int, group: str, fused: bool = False) -> keras.Model:
-    keras.utils.set_random_seed(0)
-    inp = keras.Input((size, size, 3))
-    trunk = keras.applications.DenseNet121(include_top=False, weights=None, input_shape=(size, size, 3))
-    trunk.trainable = group != "heads"
-    f = trunk(inp)
-    outs = {}
-    if fused:
-        h = keras.layers.Conv2D(64 * 13, 3, padding="same", activation="relu")(f)
-        h = keras.layers.GlobalAveragePooling2D()(h)
-        for i in range(13):
-            hi = keras.layers.Lambda(lambda t, i=i: t[:, 64 * i:64 * (i + 1)])(h)
-            outs[f"o{i}"] = keras.layers.Dense(1, activation="sigmoid", dtype="float32", name=f"o{i}")(hi)
-    else:
-        for i in range(13):
-            h = keras.layers.Conv2D(64, 3, padding="same", activation="relu")(f)
-            h = keras.layers.GlobalAveragePooling2D()(h)
-            outs[f"o{i}"] = keras.layers.Dense(1, activation="sigmoid", dtype="float32", name=f"o{i}")(h)
-    m = keras.Model(inp, outs)
-    m.compile(optimizer=keras.optimizers.Adam(1e-3), loss={k: "binary_crossentropy" for k in outs})
     return m
 
 
@@ -115,7 +83,7 @@ def main() -> None:
             if v.startswith("ours"):
                 res[v] = rate(ours(s, group), x8, y_ours, b, args.warmup)
             else:
-                res[v] = rate(plain(s, group, fused=v == "fused"), xf, y_plain, b, args.warmup)
+                res[v] = rate(plain_keras(s, group, fused=v == "fused"), xf, y_plain, b, args.warmup)
             print(f"{s} px {group:>5} {v:>9}: {res[v]:8.1f} img/s  ({time.perf_counter() - t0:.0f} s with compile)",
                   flush=True)
             keras.backend.clear_session()

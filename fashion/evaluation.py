@@ -50,9 +50,9 @@ def evaluate(bundle: prediction.Bundle, data: str | Path, split: str = "val", th
     micro_f1 = 2 * tp / (pp + tt) if pp + tt else 0.0
     auc = [float(roc_auc_score(y[:, c], scores[:, c])) if 0 < y[:, c].sum() < len(y) else None for c in range(n)]
     y_train = pipeline.labels_of(pipeline.describe_split(data, "train").files, n)
-    const = metrics.constant_baseline(y_train, y)
+    base = metrics.baselines(y_train, y)
+    const, prior = base["constant"], base["prior"]
     cpred = np.broadcast_to(np.isin(np.arange(n), const["labels"]), y.shape)
-    prior = metrics.prior_baseline(y_train, y)
     _, _, cf1 = metrics.f1_per_class(y, cpred)
     result = {
         "split": split, "images": int(len(y)), "thresholds": "fixed" if threshold is not None else "tuned",
@@ -76,11 +76,6 @@ def evaluate(bundle: prediction.Bundle, data: str | Path, split: str = "val", th
     return result, y, scores, ids, sources
 
 
-def class_indices(y: np.ndarray, task: str) -> np.ndarray:
-    """Label rows -> class indices: the one-hot position (multiclass), the positive column (binary)."""
-    return (y[:, -1] > 0).astype(int) if task == "binary" else np.argmax(y, axis=1)
-
-
 def predicted_indices(bundle: prediction.Bundle, scores: np.ndarray, threshold: float | None = None) -> np.ndarray:
     """Most probable class; binary: positive when its probability reaches the (tuned) threshold."""
     if bundle.task == "binary":
@@ -97,7 +92,7 @@ def evaluate_single(bundle: prediction.Bundle, y: np.ndarray, scores: np.ndarray
 
     classes, task = bundle.classes, bundle.task
     k = top_k or int(bundle.meta.get("top_k") or max(1, min(5, len(classes) - 1)))
-    y_idx = class_indices(y, task)
+    y_idx = metrics.class_indices(y, task)
     pred = predicted_indices(bundle, scores, threshold)
     s = metrics.single_label_summary(y_idx, scores, classes, k, pred=pred)
     train = pipeline.describe_split(data, "train")
@@ -130,7 +125,7 @@ def image_losses(bundle: prediction.Bundle, y: np.ndarray, scores: np.ndarray) -
     if bundle.task == "multilabel":
         p = np.clip(scores, 1e-7, 1 - 1e-7)
         return -(y * np.log(p) + (1 - y) * np.log(1 - p)).sum(1)
-    idx = class_indices(y, bundle.task)
+    idx = metrics.class_indices(y, bundle.task)
     return -np.log(np.clip(scores[np.arange(len(idx)), idx], 1e-7, 1.0))
 
 
@@ -151,7 +146,7 @@ def row_labels(bundle: prediction.Bundle, result: dict[str, Any], y: np.ndarray,
     (single-label: of the predicted class; multilabel: of the most probable label)."""
     if bundle.task != "multilabel":
         names = bundle.classes
-        t, pr = class_indices(y, bundle.task), predicted_indices(bundle, scores, threshold)
+        t, pr = metrics.class_indices(y, bundle.task), predicted_indices(bundle, scores, threshold)
         return [names[i] for i in t], [names[i] for i in pr], scores[np.arange(len(pr)), pr]
     th = np.array([result["per_class"][lb]["threshold"] for lb in bundle.labels])
     true = [";".join(lb for lb, v in zip(bundle.labels, row) if v) for row in y]
@@ -299,7 +294,7 @@ def write_report(out: Path, bundle: prediction.Bundle, result: dict[str, Any], y
                 arr = cv2.imdecode(np.frombuffer(img, np.uint8), cv2.IMREAD_COLOR)
                 ax.imshow(cv2.cvtColor(arr, cv2.COLOR_BGR2RGB))
             if single:
-                t = class_indices(y[i:i + 1], bundle.task)[0]
+                t = metrics.class_indices(y[i:i + 1], bundle.task)[0]
                 ax.set_title(f"{ids[i]}\ntrue: {columns[t]} {scores[i, t]:.2f}\npredicted: {pred[i]} "
                              f"{scores[i].max():.2f}", fontsize=7)
                 continue

@@ -158,6 +158,16 @@ def prior_baseline(y_train: np.ndarray, y_eval: np.ndarray) -> dict[str, float]:
 
 # --------------------------------------------------------------------------- single-label (multiclass, binary)
 
+def baselines(y_train: np.ndarray, y_eval: np.ndarray, beta: float = 2.0) -> dict[str, dict]:
+    """What a model must beat: the best constant label set and class priors, both chosen on train."""
+    return {"constant": constant_baseline(y_train, y_eval, beta), "prior": prior_baseline(y_train, y_eval)}
+
+
+def class_indices(y: np.ndarray, task: str) -> np.ndarray:
+    """Label rows -> class indices: the one-hot position (multiclass), the positive column (binary)."""
+    return (y[:, -1] > 0.5).astype(int) if task == "binary" else np.argmax(y, axis=1)
+
+
 def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, k: int) -> np.ndarray:
     """(k, k) counts: row = true class, column = predicted class."""
     cm = np.zeros((k, k), int)

@@ -165,11 +165,6 @@ class OneCycle(keras.optimizers.schedules.LearningRateSchedule):
 MONITOR = {"multilabel": "val_mAP", "multiclass": "val_accuracy", "binary": "val_auc"}
 
 
-def class_indices(y: np.ndarray, task: str) -> np.ndarray:
-    """Label rows -> class indices: the one-hot position (multiclass), the positive column (binary)."""
-    return (y[:, -1] > 0.5).astype(int) if task == "binary" else np.argmax(y, axis=1)
-
-
 class EpochEval(keras.callbacks.Callback):
     """Scores the validation set after each epoch: AP per head, mAP, sample-F2, macro-F1, learning rate
     (multilabel); accuracy, top-k accuracy, macro-F1 (multiclass); ROC-AUC, AP, accuracy at 0.5 (binary)."""
@@ -201,7 +196,7 @@ class EpochEval(keras.callbacks.Callback):
         from sklearn.metrics import roc_auc_score
 
         probs = predict_scores(self.model, self.val_ds, self.names, self.task)
-        y = class_indices(self.y_val, self.task)
+        y = metrics.class_indices(self.y_val, self.task)
         s = metrics.single_label_summary(y, probs, self.classes, self.top)
         logs["val_accuracy"], logs["val_f1_macro"] = s["accuracy"], s["f1_macro"]
         if self.task == "multiclass":
@@ -661,7 +656,7 @@ class Trainer:
         if best.is_file():
             model = keras.saving.load_model(best, compile=False)
         probs = predict_scores(model, val_ds, names, task)
-        y = class_indices(y_val, task)
+        y = metrics.class_indices(y_val, task)
         thresholds: list[float] = []
         extra: dict[str, Any] = {}
         if task == "binary":
@@ -728,8 +723,8 @@ class Trainer:
         tuned = metrics.summary(y_val, scores, thresholds)
         crossfit = metrics.crossfit_f2(y_val, scores)
         y_train = pipeline.labels_of(train.files, len(labels))
-        const = metrics.constant_baseline(y_train, y_val)
-        prior = metrics.prior_baseline(y_train, y_val)
+        base = metrics.baselines(y_train, y_val)
+        const, prior = base["constant"], base["prior"]
         save_model_atomic(model, self.save_dir / "model.keras")
         meta = {
             "labels": labels, "heads": names, "task": "multilabel", "input_size": self.cfg.image_size,
@@ -740,7 +735,7 @@ class Trainer:
                            "f2_samples_tuned_crossfit": crossfit,
                            "f2_samples_at_0.5": at_half["f2_samples"], "f1_macro_tuned": tuned["f1_macro"],
                            "ap": dict(zip(labels, at_half["ap"])),
-                           "baselines": {"constant": const, "prior": prior}},
+                           "baselines": base},
             "dataset": {"path": str(self.cfg.data), "manifest_sha256": manifest_hash(self.cfg.data),
                         "records": manifest["records"]},
             "config": self.cfg.to_dict(), "command": self.command,
