@@ -104,6 +104,8 @@ def test_evaluate_writes_metrics_plots_and_top_losses(bundle, tmp_path, capsys):
     for key in ("mAP", "f2_samples", "f1_macro", "per_class", "baselines", "verdict"):
         assert key in m
     assert set(m["per_class"]) == set(LABELS) and set(m["baselines"]) == {"constant", "prior"}
+    # the bundle's thresholds were tuned on val: the verdict uses thresholds tuned on the other half
+    assert 0.0 <= m["f2_samples_tuned_crossfit"] <= 1.0 and "other half" in m["verdict"]
     assert m["per_class"]["shoes"]["threshold"] == 0.0 and m["per_class"]["gloves"]["threshold"] == 1.0
     for png in ("pr_curves.png", "ap_per_class.png", "cooccurrence.png", "top_losses.png"):
         assert (out / png).read_bytes()[:4] == b"\x89PNG"
