@@ -175,10 +175,16 @@ def test_imagenet_offline_names_the_file(tmp_path, monkeypatch):
         model_lib.imagenet_weights_file("densenet121", tmp_path / "model_save")
 
 
+def _default_sigint() -> None:
+    # A shell's background job (`make test &`, CI wrappers) ignores SIGINT and children inherit that, so
+    # Python would install no KeyboardInterrupt handler: give the child the default, as at a terminal.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def run_train(args, **kw):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     return subprocess.Popen([sys.executable, str(ROOT / "train.py"), *args], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, **kw)
+                            stderr=subprocess.STDOUT, text=True, preexec_fn=_default_sigint, **kw)
 
 
 def test_train_end_to_end_bundle_thresholds_and_reload(dataset, tmp_path, capsys):
