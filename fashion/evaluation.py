@@ -203,7 +203,8 @@ def write_report(out: Path, bundle: prediction.Bundle, result: dict[str, Any], y
     def save(fig, name: str) -> None:
         path = out / name
         tmp = out / f".{name}.tmp.png"
-        fig.tight_layout()
+        # leave room for a figure title above the subplot titles
+        fig.tight_layout(rect=(0, 0, 1, 0.97) if fig._suptitle is not None else (0, 0, 1, 1))
         fig.savefig(tmp, dpi=90)
         plt.close(fig)
         tmp.replace(path)
@@ -268,6 +269,8 @@ def write_report(out: Path, bundle: prediction.Bundle, result: dict[str, Any], y
                     a2.plot(ep, [float(r[key]) for r in rows_h], marker="o", label=key)
             a2.set_xlabel("epoch")
             a2.legend()
+            for a in (a1, a2):
+                a.xaxis.set_major_locator(plt.MaxNLocator(integer=True))
             fig.suptitle(f"training curves ({history.parent.name})")
             save(fig, "training_curves.png")
 
@@ -292,7 +295,7 @@ def write_report(out: Path, bundle: prediction.Bundle, result: dict[str, Any], y
 
         cols = 5
         rows = -(-len(worst) // cols)
-        fig, axes = plt.subplots(rows, cols, figsize=(3.0 * cols, 3.4 * rows), squeeze=False)
+        fig, axes = plt.subplots(rows, cols, figsize=(3.0 * cols, 3.9 * rows), squeeze=False)
         for ax, i in zip(axes.flat, worst):
             img = images.get(ids[i])
             if img is not None:
