@@ -73,7 +73,8 @@ def tune_thresholds(y_true: np.ndarray, scores: np.ndarray, beta: float = 2.0, p
     Sample-F2 couples the classes (a sample's score depends on all its labels),
     so each class's threshold is chosen with the others fixed, for `passes`
     rounds, starting from 0.5. Besides the grid, 0 ("always predict", which
-    reaches any constant label set) and 1 ("never") are tried.
+    reaches any constant label set) and 1 ("never") are tried; classes without
+    positives get 1.
     """
     y_true = np.asarray(y_true, bool)
     n, k = y_true.shape
@@ -82,9 +83,13 @@ def tune_thresholds(y_true: np.ndarray, scores: np.ndarray, beta: float = 2.0, p
         return th
     candidates = np.concatenate([[0.0], grid, [1.01]])  # 0 = always predict, 1.01 = never
     b2 = beta * beta
+    # a class with no positives here can only add false positives: never predict it (not the first
+    # grid value above its scores, which ties on this data and fires on a new image)
+    empty = ~y_true.any(0)
+    th[empty] = 1.01
     pred = scores >= th
     for _ in range(passes):
-        for c in range(k):
+        for c in np.flatnonzero(~empty):
             # counts of every sample without class c, then add c's contribution per candidate
             others = np.delete(np.arange(k), c)
             tp0 = (y_true[:, others] & pred[:, others]).sum(1)

@@ -50,3 +50,13 @@ def test_crossfit_is_not_above_in_sample_tuning_on_noise():
     scores = rng.random(y.shape)  # pure noise: in-sample tuning flatters, cross-fitting must not
     in_sample = metrics.fbeta_samples(y, scores >= metrics.tune_thresholds(y, scores))
     assert metrics.crossfit_f2(y, scores) < in_sample
+
+
+def test_class_without_positives_is_never_predicted():
+    rng = np.random.default_rng(3)
+    y = (rng.random((60, 3)) < 0.4).astype(int)
+    y[:, 2] = 0  # like myntra-dev's smart_casual/party/travel
+    scores = rng.random((60, 3)) * 0.5
+    scores[:, 2] *= 0.01  # the model learnt "no": tiny scores, which any low threshold would still fire on
+    th = metrics.tune_thresholds(y, scores)
+    assert th[2] == 1.0 and th[:2].max() < 1.0
