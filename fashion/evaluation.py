@@ -19,10 +19,7 @@ from typing import Any
 import numpy as np
 from sklearn.metrics import precision_recall_curve, roc_auc_score
 
-from . import metrics, pipeline, prediction, records
-
-
-REVIEW_COLUMNS = ["id", "source", "labels", "predicted", "score", "loss", "action", "new_labels"]
+from . import metrics, pipeline, prediction, records, review
 
 
 def evaluate(bundle: prediction.Bundle, data: str | Path, split: str = "val", threshold: float | None = None,
@@ -93,28 +90,21 @@ def evaluate_single(bundle: prediction.Bundle, y: np.ndarray, scores: np.ndarray
                     threshold: float | None = None, top_k: int | None = None) -> dict[str, Any]:
     """Accuracy, top-k, per-class precision/recall/F1, confusion, most confused, beside the majority class
     and class priors (counted on the training split)."""
-    from sklearn.metrics import roc_auc_score
-
     classes, task = bundle.classes, bundle.task
     k = top_k or int(bundle.meta.get("top_k") or max(1, min(5, len(classes) - 1)))
     y_idx = metrics.class_indices(y, task)
     pred = predicted_indices(bundle, scores, threshold)
     s = metrics.single_label_summary(y_idx, scores, classes, k, pred=pred)
-    train = pipeline.describe_split(data, "train")
-    counts = list(train.positives)
-    if task == "binary" and len(counts) == 1:
-        counts = [train.count - counts[0], counts[0]]
+    counts = pipeline.class_counts(pipeline.describe_split(data, "train"), task)
     base = metrics.majority_baseline(counts, y_idx, classes, k)
     result: dict[str, Any] = {"task": task, "split": split, "classes": classes, **s, "baselines": base}
     if task == "binary":
         p = scores[:, 1]
-        both = 0 < y_idx.sum() < len(y_idx)
         result.update({
             "positive_class": classes[1], "threshold": float(bundle.threshold if threshold is None else threshold),
             "thresholds": "fixed" if threshold is not None else "tuned" if len(bundle.thresholds) else "0.5",
             "accuracy_at_0.5": float(((p >= 0.5).astype(int) == y_idx).mean()) if len(p) else 0.0,
-            "roc_auc": float(roc_auc_score(y_idx, p)) if both else None,
-            "ap": float(metrics.average_precision(y_idx[:, None], p[:, None])[0]) if y_idx.any() else None})
+            **metrics.binary_scores(y_idx, p)})
     gain = s["accuracy"] - base["majority"]["accuracy"]
     result["verdict"] = (
         f"the model beats the majority class ('{base['majority']['class']}') on accuracy by {gain:+.3f}"
@@ -166,7 +156,7 @@ def review_csv(bundle: prediction.Bundle, result: dict[str, Any], y: np.ndarray,
     loss = image_losses(bundle, y, scores)
     worst = np.argsort(-loss, kind="stable")[:k]
     true, pred, score = row_labels(bundle, result, y, scores, threshold)
-    return records.csv_text(REVIEW_COLUMNS, ([ids[i], sources[i], true[i], pred[i], f"{score[i]:.4f}",
+    return records.csv_text(list(review.COLUMNS), ([ids[i], sources[i], true[i], pred[i], f"{score[i]:.4f}",
                                               f"{loss[i]:.4f}", "", ""] for i in worst))
 
 

@@ -242,6 +242,15 @@ def majority_baseline(train_counts, y_eval: np.ndarray, names: list[str], k: int
                       "accuracy": const["accuracy"]}}
 
 
+def binary_scores(y_true: np.ndarray, p: np.ndarray) -> dict[str, float | None]:
+    """ROC-AUC (None unless both classes occur) and AP (None without positives) of the positive class."""
+    from sklearn.metrics import roc_auc_score
+
+    y = np.asarray(y_true).astype(int)
+    return {"roc_auc": float(roc_auc_score(y, p)) if 0 < y.sum() < len(y) else None,
+            "ap": float(average_precision(y[:, None], np.asarray(p)[:, None])[0]) if y.any() else None}
+
+
 def tune_binary_threshold(y_true: np.ndarray, p: np.ndarray, grid: np.ndarray = THRESHOLD_GRID) -> float:
     """The threshold on the positive class's probability that maximises its F1 (ties: closest to 0.5)."""
     y = np.asarray(y_true, bool)

@@ -219,10 +219,8 @@ def build_model(labels: Sequence[str], backbone: str = "densenet121", image_size
         if head_dropout:
             h = keras.layers.Dropout(head_dropout, name="head_drop")(h)
         # float32 output even under mixed precision: softmax/sigmoid + log in the loss need the range
-        if task == "multiclass":
-            out = keras.layers.Dense(len(labels), activation="softmax", dtype="float32", name="head_softmax")(h)
-        else:
-            out = keras.layers.Dense(1, activation="sigmoid", dtype="float32", name="head_sigmoid")(h)
+        units, activation = (len(labels), "softmax") if task == "multiclass" else (1, "sigmoid")
+        out = keras.layers.Dense(units, activation=activation, dtype="float32", name=task_heads(labels, task)[0])(h)
         return keras.Model(inputs, out, name=f"fashion_{backbone}_{task}")
     outputs = {}
     for name in head_names(labels):

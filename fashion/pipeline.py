@@ -35,6 +35,13 @@ def describe_split(folder: str | Path, split: str) -> Split:
     return Split(files, info["records"], info["positives"])
 
 
+def class_counts(train: Split, task: str) -> list[int]:
+    """Training images per class; a one-label binary dataset counts [negatives, positives]."""
+    if task == "binary" and len(train.positives) == 1:
+        return [train.count - train.positives[0], train.positives[0]]
+    return [int(c) for c in train.positives]
+
+
 def _parse(n_labels: int):
     spec = {records.F_IMAGE: tf.io.FixedLenFeature([], tf.string),
             records.F_LABELS: tf.io.FixedLenFeature([n_labels], tf.int64)}

@@ -18,8 +18,7 @@ import numpy as np
 
 from . import imaging
 from .fetching import Fetcher
-
-IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+from .sources import IMAGE_EXTENSIONS
 
 
 class BundleError(Exception):

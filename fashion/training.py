@@ -193,8 +193,6 @@ class EpochEval(keras.callbacks.Callback):
               flush=True)
 
     def _single(self, epoch, logs):
-        from sklearn.metrics import roc_auc_score
-
         probs = predict_scores(self.model, self.val_ds, self.names, self.task)
         y = metrics.class_indices(self.y_val, self.task)
         s = metrics.single_label_summary(y, probs, self.classes, self.top)
@@ -203,9 +201,8 @@ class EpochEval(keras.callbacks.Callback):
             logs[f"val_top{s['top_k']}_accuracy"] = s["top_k_accuracy"]
             shown = f"val accuracy {s['accuracy']:.3f}  top-{s['top_k']} {s['top_k_accuracy']:.3f}"
         else:
-            both = 0 < y.sum() < len(y)
-            logs["val_auc"] = float(roc_auc_score(y, probs[:, 1])) if both else float("nan")
-            logs["val_ap"] = float(metrics.average_precision(y[:, None], probs[:, 1:])[0]) if y.any() else float("nan")
+            b = metrics.binary_scores(y, probs[:, 1])
+            logs["val_auc"], logs["val_ap"] = (float("nan") if b[k] is None else b[k] for k in ("roc_auc", "ap"))
             shown = f"val AUC {logs['val_auc']:.3f}  AP {logs['val_ap']:.3f}  accuracy@0.5 {s['accuracy']:.3f}"
         logs["learning_rate"] = current_lr(self.model.optimizer)
         took = time.perf_counter() - self.t0
@@ -355,13 +352,6 @@ def top_k_for(k: int) -> int:
     return max(1, min(5, k - 1))
 
 
-def class_counts(train: pipeline.Split, task: str) -> list[int]:
-    """Training images per class; a one-label binary dataset counts [negatives, positives]."""
-    if task == "binary" and len(train.positives) == 1:
-        return [train.count - train.positives[0], train.positives[0]]
-    return [int(c) for c in train.positives]
-
-
 def check_single_label(y: np.ndarray, task: str, where: str) -> None:
     if task == "binary" and y.shape[1] == 1:
         return
@@ -491,7 +481,7 @@ class Trainer:
             pw = losses.pos_weights(train.positives, n, cfg.pos_weight)
             self._print_weights(labels, train.positives, n, hw, pw)
         else:  # one head: class weights (Keras class_weight) instead of head weights
-            self.counts = class_counts(train, task)
+            self.counts = pipeline.class_counts(train, task)
             hw = losses.class_weights(self.counts, cfg.class_weights)
             pw = losses.pos_weights(self.counts[1:], n, cfg.pos_weight) if task == "binary" else np.ones(1)
             self._print_class_weights(n, hw, pw)
@@ -577,7 +567,7 @@ class Trainer:
         """Set the layer group, then compile with one weighted loss per head; returns trainable trunk layers."""
         cfg = self.cfg
         n_tr = model_lib.set_trainable(model, layers, cfg.bn, from_scratch=cfg.weights == "none")
-        task = getattr(self, "task", "multilabel")
+        task = self.task
         if task != "multilabel":
             model.compile(optimizer=make_optimizer(cfg, lr), loss=single_loss(cfg, task, float(pw[0])),
                           metrics=single_metrics(task, self.top), jit_compile=cfg.xla, run_eagerly=cfg.eager)
@@ -606,7 +596,7 @@ class Trainer:
     def _build(self, labels, notop: str | None, bundle: str | None):
         cfg = self.cfg
         model = model_lib.build_model(labels, cfg.backbone, cfg.image_size, notop, cfg.head_dropout,
-                                      task=getattr(self, "task", "multilabel"), alpha=cfg.alpha)
+                                      task=self.task, alpha=cfg.alpha)
         if bundle:
             model_lib.load_trunk_from_bundle(model, bundle)
             print(f"trunk initialised from bundle {bundle}")
@@ -649,8 +639,6 @@ class Trainer:
 
     def _finish_single(self, model, labels, names, val_ds, y_val, cw, pw, manifest) -> int:
         """Single-label bundle: no thresholds (multiclass) or the positive class's, tuned for its F1 (binary)."""
-        from sklearn.metrics import roc_auc_score
-
         task, classes, top = self.task, self.classes, self.top
         best = self.save_dir / "best.keras"
         if best.is_file():
@@ -665,10 +653,7 @@ class Trainer:
             thresholds = [t]
             s = metrics.single_label_summary(y, probs, classes, top, pred=(p >= t).astype(int))
             at_half = metrics.single_label_summary(y, probs, classes, top, pred=(p >= 0.5).astype(int))
-            both = 0 < y.sum() < len(y)
-            extra = {"threshold": t, "accuracy_at_0.5": at_half["accuracy"],
-                     "roc_auc": float(roc_auc_score(y, p)) if both else None,
-                     "ap": float(metrics.average_precision(y[:, None], p[:, None])[0]) if y.any() else None,
+            extra = {"threshold": t, "accuracy_at_0.5": at_half["accuracy"], **metrics.binary_scores(y, p),
                      "f1_positive": s["per_class"][classes[1]]["f1"]}
         else:
             s = metrics.single_label_summary(y, probs, classes, top)

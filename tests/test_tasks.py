@@ -19,7 +19,6 @@ from sklearn.metrics import confusion_matrix as sk_confusion, f1_score, precisio
 from conftest import ROOT, SAMPLE, sample_lines
 from fashion import losses, metrics, model as model_lib, pipeline, prediction
 from fashion.cli import detect_main, evaluate_main, generate_dataset_main, train_main
-from fashion.evaluation import REVIEW_COLUMNS
 
 CLOTHING = ROOT / "data" / "clothing-small"
 CLASSES = ["dress", "pants", "shoes"]
@@ -255,7 +254,7 @@ def test_evaluate_single_label_report_table_and_review(mc_bundle, bin_bundle, mu
     out = tmp_path / "binary"
     assert evaluate_main(["--model", str(bin_bundle), "--data", str(binary_data), "--out", str(out)]) == 0
     assert "ROC-AUC" in capsys.readouterr().out
-    assert (out / "review.csv").read_text().splitlines()[0] == ",".join(REVIEW_COLUMNS)
+    assert (out / "review.csv").read_text().splitlines()[0] == "id,source,labels,predicted,score,loss,action,new_labels"
     assert json.loads((out / "metrics.json").read_text())["positive_class"] == "shoes"
 
 
