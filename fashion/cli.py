@@ -252,6 +252,9 @@ def train_parser() -> argparse.ArgumentParser:
     add_option(g, C, "--xla", "compile the training step with XLA", action="store_true")
     add_option(g, C, "--eager", "run eagerly: no graph build (starts in seconds instead of ~1 min on CPU, "
                "steps run slower); for debugging and tiny smoke runs", action="store_true")
+    add_option(g, C, "--cpu-devices", "without a GPU, split the CPU into N logical devices and train on all of "
+               "them through MirroredStrategy: rehearses multi-GPU training (batch per replica, gradients "
+               "summed across replicas) on any machine; no speed-up", type=int, metavar="N")
     return p
 
 

@@ -144,6 +144,7 @@ class TrainConfig:
     mixed_precision: str = "auto"
     xla: bool = False
     eager: bool = False
+    cpu_devices: int = 1
     model_save: str = "model_save"
     log: str = "log"
 

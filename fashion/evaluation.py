@@ -70,7 +70,7 @@ def evaluate(bundle: prediction.Bundle, data: str | Path, split: str = "val", th
     f2, how = result["f2_samples"], ""
     if threshold is None and split == "val":
         # the bundle's thresholds were tuned on this split: judge by thresholds tuned on its other half
-        f2 = result["f2_samples_tuned_crossfit"] = metrics.crossfit_f2(y, scores)
+        f2 = result["f2_samples_tuned_crossfit"] = metrics.crossfit_f2(y, scores, y_train=y_train)
         how = " (thresholds tuned on the other half of this split, which the bundle's were tuned on)"
     gain = f2 - const["f2_samples"]
     result["verdict"] = (f"the model beats the constant predictor on sample-F2 by {gain:+.3f}{how}" if gain > 0 else

@@ -414,10 +414,15 @@ def setup_device(cfg: TrainConfig):
     for g in gpus:
         with contextlib.suppress(RuntimeError):
             tf.config.experimental.set_memory_growth(g, True)
+    if cfg.cpu_devices > 1 and not gpus:
+        cpu = tf.config.list_physical_devices("CPU")[0]
+        tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * cfg.cpu_devices)
     if os.environ.get("TF_CONFIG"):
         strategy = tf.distribute.MultiWorkerMirroredStrategy()
     elif len(gpus) > 1:
         strategy = tf.distribute.MirroredStrategy()
+    elif cfg.cpu_devices > 1 and not gpus:
+        strategy = tf.distribute.MirroredStrategy([d.name for d in tf.config.list_logical_devices("CPU")])
     else:
         strategy = tf.distribute.get_strategy()
     mp = cfg.mixed_precision == "on" or (cfg.mixed_precision == "auto" and gpus)
@@ -703,11 +708,11 @@ class Trainer:
         if best.is_file():
             model = keras.saving.load_model(best, compile=False)
         scores = predict_scores(model, val_ds, names)
-        thresholds = metrics.tune_thresholds(y_val, scores)
+        y_train = pipeline.labels_of(train.files, len(labels))
+        thresholds = metrics.tune_thresholds(y_val, scores, y_train=y_train)
         at_half = metrics.summary(y_val, scores, 0.5)
         tuned = metrics.summary(y_val, scores, thresholds)
-        crossfit = metrics.crossfit_f2(y_val, scores)
-        y_train = pipeline.labels_of(train.files, len(labels))
+        crossfit = metrics.crossfit_f2(y_val, scores, y_train=y_train)
         base = metrics.baselines(y_train, y_val)
         const, prior = base["constant"], base["prior"]
         save_model_atomic(model, self.save_dir / "model.keras")

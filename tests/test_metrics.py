@@ -48,8 +48,25 @@ def test_crossfit_is_not_above_in_sample_tuning_on_noise():
     rng = np.random.default_rng(5)
     y = (rng.random((300, 6)) < 0.3).astype(int)
     scores = rng.random(y.shape)  # pure noise: in-sample tuning flatters, cross-fitting must not
-    in_sample = metrics.fbeta_samples(y, scores >= metrics.tune_thresholds(y, scores))
+    in_sample = metrics.fbeta_samples(y, scores >= metrics.tune_thresholds(y, scores, min_gain=0))
     assert metrics.crossfit_f2(y, scores) < in_sample
+
+
+def test_thresholds_stay_at_the_constant_set_unless_scores_earn_more():
+    rng = np.random.default_rng(7)
+    y_train = (rng.random((500, 5)) < [0.8, 0.6, 0.3, 0.1, 0.05]).astype(int)
+    y = (rng.random((60, 5)) < [0.8, 0.6, 0.3, 0.1, 0.05]).astype(int)  # a small split, like ccp-dev's halves
+    const = metrics.constant_baseline(y_train, y)
+    noise = rng.random(y.shape)
+    free = metrics.tune_thresholds(y, noise, y_train=y_train, min_gain=0)
+    assert metrics.fbeta_samples(y, noise >= free) > const["f2_samples"], "unrestricted tuning fits the noise"
+    th = metrics.tune_thresholds(y, noise, y_train=y_train)
+    assert set(np.flatnonzero(th == 0.0)) == set(const["labels"]) and set(th) <= {0.0, 1.0}, \
+        "noise earns no threshold: the tuned set is the constant one"
+    informative = np.clip(0.5 * y + 0.5 * rng.random(y.shape), 0, 1)
+    th = metrics.tune_thresholds(y, informative, y_train=y_train)
+    assert ((th > 0) & (th < 1)).any()
+    assert metrics.fbeta_samples(y, informative >= th) > const["f2_samples"] + 1 / len(y)
 
 
 def test_class_without_positives_is_never_predicted():
