@@ -105,6 +105,26 @@ class _TrunkRate:
             learning_rate = learning_rate * self.lr_mult
         return super().update_step(gradient, variable, learning_rate)
 
+    def _clip_gradients(self, grads):
+        # Keras 3's TensorFlow optimizer clips each replica's gradient before it sums them across replicas
+        # (MirroredStrategy, --cpu-devices), so SGD's clipnorm would bound the wrong vector and training on
+        # N devices would differ from one. Sum first, clip the batch gradient, hand back 1/N of it: Keras'
+        # own sum then restores the clipped gradient exactly.
+        if keras.backend.backend() != "tensorflow" or not (self.clipnorm or self.global_clipnorm or self.clipvalue):
+            return super()._clip_gradients(grads)
+        import tensorflow as tf
+
+        ctx = tf.distribute.get_replica_context()
+        n = ctx.num_replicas_in_sync if ctx is not None else 1
+        if n == 1:
+            return super()._clip_gradients(grads)
+        live = [i for i, g in enumerate(grads) if g is not None]
+        summed = ctx.all_reduce(tf.distribute.ReduceOp.SUM, [grads[i] for i in live])
+        out = list(grads)
+        for i, g in zip(live, super()._clip_gradients(summed)):
+            out[i] = g / n
+        return out
+
     def get_config(self):
         return {**super().get_config(), "lr_mult": self.lr_mult}
 
@@ -406,8 +426,28 @@ def manifest_hash(folder: str | Path) -> str:
     return hashlib.sha256((Path(folder) / records.MANIFEST).read_bytes()).hexdigest()[:16]
 
 
+def check_cluster() -> None:
+    """Refuse a multi-machine TF_CONFIG up front: Keras 3's TensorFlow trainer cannot fit under
+    MultiWorkerMirroredStrategy (tried with keras 3.15 / TF 2.21 on two local workers: `fit` fails
+    reducing the input batch, then reducing its logs; keras-team/keras#20585)."""
+    raw = os.environ.get("TF_CONFIG")
+    if not raw:
+        return
+    try:
+        cluster = json.loads(raw).get("cluster", {})
+    except (ValueError, AttributeError) as e:
+        raise TrainError(f"TF_CONFIG is not valid JSON: {e}") from None
+    tasks = sum(len(v) for k, v in cluster.items() if k in ("chief", "worker"))
+    if tasks > 1:
+        raise TrainError(
+            f"TF_CONFIG describes {tasks} machines, but training across machines does not work with Keras 3's "
+            f"TensorFlow trainer (model.fit under MultiWorkerMirroredStrategy fails: "
+            f"https://github.com/keras-team/keras/issues/20585). Train on one machine, which uses all its GPUs "
+            f"(MirroredStrategy), and unset TF_CONFIG.")
+
+
 def setup_device(cfg: TrainConfig):
-    """Strategy (multi-worker with TF_CONFIG, mirrored on >1 GPU) and mixed precision on GPU."""
+    """Strategy (mirrored on >1 GPU, or on --cpu-devices logical CPUs) and mixed precision on GPU."""
     import tensorflow as tf
 
     gpus = tf.config.list_physical_devices("GPU")
@@ -417,9 +457,7 @@ def setup_device(cfg: TrainConfig):
     if cfg.cpu_devices > 1 and not gpus:
         cpu = tf.config.list_physical_devices("CPU")[0]
         tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * cfg.cpu_devices)
-    if os.environ.get("TF_CONFIG"):
-        strategy = tf.distribute.MultiWorkerMirroredStrategy()
-    elif len(gpus) > 1:
+    if len(gpus) > 1:
         strategy = tf.distribute.MirroredStrategy()
     elif cfg.cpu_devices > 1 and not gpus:
         strategy = tf.distribute.MirroredStrategy([d.name for d in tf.config.list_logical_devices("CPU")])
@@ -466,6 +504,7 @@ class Trainer:
         if task != "multilabel":
             single_loss(cfg, task)  # a loss the head cannot take stops here, before anything is written
         stages = parse_stages(cfg)
+        check_cluster()
         if cfg.resume and not (self.save_dir / "state.json").is_file():
             raise TrainError(f"--resume: {self.save_dir}/state.json not found (is --run {cfg.run} right?)")
         if not cfg.resume and (self.save_dir / "state.json").is_file():
