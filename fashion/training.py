@@ -505,6 +505,8 @@ class Trainer:
             single_loss(cfg, task)  # a loss the head cannot take stops here, before anything is written
         stages = parse_stages(cfg)
         check_cluster()
+        if cfg.cpu_devices < 1:
+            raise TrainError(f"--cpu-devices must be >= 1, got {cfg.cpu_devices}")
         if cfg.resume and not (self.save_dir / "state.json").is_file():
             raise TrainError(f"--resume: {self.save_dir}/state.json not found (is --run {cfg.run} right?)")
         if not cfg.resume and (self.save_dir / "state.json").is_file():
