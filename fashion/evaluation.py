@@ -71,10 +71,10 @@ def evaluate(bundle: prediction.Bundle, data: str | Path, split: str = "val", th
     if threshold is None and split == "val":
         # the bundle's thresholds were tuned on this split: judge by thresholds tuned on its other half
         f2 = result["f2_samples_tuned_crossfit"] = metrics.crossfit_f2(y, scores, y_train=y_train)
-        how = " (thresholds tuned on the other half of this split, which the bundle's were tuned on)"
+        how = "; judged with thresholds tuned on the other half of this split (the bundle's were tuned on it)"
     gain = f2 - const["f2_samples"]
     result["verdict"] = (f"the model beats the constant predictor on sample-F2 by {gain:+.3f}{how}" if gain > 0 else
-                         f"warning: the model does not beat the constant predictor on sample-F2 ({gain:+.3f}{how})")
+                         f"warning: the model does not beat the constant predictor on sample-F2: {gain:+.3f}{how}")
     return result, y, scores, ids, sources
 
 
