@@ -274,6 +274,11 @@ def train_main(argv: list[str] | None = None) -> int:
         return 2
 
 
+def threshold_text(t: float) -> str:
+    """0 and 1 are the tuner's "always" / "never": validation data did not earn this label a real cut."""
+    return "threshold 0: always" if t <= 0 else "threshold 1: never" if t >= 1 else f"threshold {t:.2f}"
+
+
 def detect_parser() -> argparse.ArgumentParser:
     p = _parser(
         "detect.py",
@@ -364,7 +369,7 @@ def detect_main(argv: list[str] | None = None) -> int:
                     order = np.argsort(-p, kind="stable")[:args.top_k] if args.top_k else range(len(p))
                     th = dict(zip(bundle.labels, thresholds))
                     lines += [f"  {'*' if p[i] >= th[bundle.labels[i]] else ' '} {bundle.labels[i]:<{width}} "
-                              f"{p[i]:6.3f}   (threshold {th[bundle.labels[i]]:.2f})" for i in order]
+                              f"{p[i]:6.3f}   ({threshold_text(th[bundle.labels[i]])})" for i in order]
                     tqdm.write("\n".join(lines))
         bar.update(len(inputs[start:start + args.batch_size]))
     bar.close()
