@@ -446,6 +446,27 @@ def check_cluster() -> None:
             f"(MirroredStrategy), and unset TF_CONFIG.")
 
 
+def replicas_planned(cfg: TrainConfig) -> int:
+    """How many devices setup_device will train on (all GPUs, else --cpu-devices logical CPUs)."""
+    import tensorflow as tf
+
+    gpus = len(tf.config.list_physical_devices("GPU"))
+    return gpus if gpus else max(cfg.cpu_devices, 1)
+
+
+def check_devices(cfg: TrainConfig) -> None:
+    """Refuse, before anything is written, what cannot run on the devices at hand."""
+    if cfg.cpu_devices < 1:
+        raise TrainError(f"--cpu-devices must be >= 1, got {cfg.cpu_devices}")
+    n = replicas_planned(cfg)
+    if cfg.accum_steps > 1 and n > 1:
+        # Keras 3 accumulates inside a cond whose branch sums gradients across replicas, which
+        # tf.distribute refuses ("merge_call called while defining a new graph"); found on --cpu-devices 2
+        raise TrainError(f"--accum-steps {cfg.accum_steps} cannot run on {n} devices (Keras 3's gradient "
+                         f"accumulation does not work under MirroredStrategy): raise --batch-size instead, it is "
+                         f"per device, so {n} devices already train on {n}x the batch")
+
+
 def setup_device(cfg: TrainConfig):
     """Strategy (mirrored on >1 GPU, or on --cpu-devices logical CPUs) and mixed precision on GPU."""
     import tensorflow as tf
@@ -505,8 +526,7 @@ class Trainer:
             single_loss(cfg, task)  # a loss the head cannot take stops here, before anything is written
         stages = parse_stages(cfg)
         check_cluster()
-        if cfg.cpu_devices < 1:
-            raise TrainError(f"--cpu-devices must be >= 1, got {cfg.cpu_devices}")
+        check_devices(cfg)
         if cfg.resume and not (self.save_dir / "state.json").is_file():
             raise TrainError(f"--resume: {self.save_dir}/state.json not found (is --run {cfg.run} right?)")
         if not cfg.resume and (self.save_dir / "state.json").is_file():

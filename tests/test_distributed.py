@@ -99,3 +99,12 @@ def test_a_multi_machine_tf_config_is_refused_before_anything_is_written(dataset
     assert p.returncode == 2
     assert "TF_CONFIG describes 2 machines" in p.stderr and "keras-team/keras/issues/20585" in p.stderr
     assert not (tmp_path / "ms").exists() and not (tmp_path / "log").exists()
+
+
+def test_accumulation_on_several_devices_is_refused_before_anything_is_written(dataset, tmp_path):
+    p = run(["train.py", "--data", str(dataset), "--weights", "none", "--image-size", "32", "--run", "acc",
+             "--cpu-devices", "2", "--accum-steps", "2",
+             "--model-save", str(tmp_path / "ms"), "--log", str(tmp_path / "log")])
+    assert p.returncode == 2
+    assert "--accum-steps 2 cannot run on 2 devices" in p.stderr and "--batch-size" in p.stderr
+    assert not (tmp_path / "ms").exists() and not (tmp_path / "log").exists()
