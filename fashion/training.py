@@ -459,6 +459,10 @@ def check_devices(cfg: TrainConfig) -> None:
     if cfg.cpu_devices < 1:
         raise TrainError(f"--cpu-devices must be >= 1, got {cfg.cpu_devices}")
     n = replicas_planned(cfg)
+    if cfg.xla and cfg.cpu_devices > 1 and n > 1:
+        # XLA compiles the step for one CPU and then reads variables kept on the other logical devices
+        # ("Trying to access resource ... located in device CPU:1", a TF XLA known issue); GPUs are fine
+        raise TrainError("--xla cannot compile for --cpu-devices (logical CPUs share one XLA device): drop one")
     if cfg.accum_steps > 1 and n > 1:
         # Keras 3 accumulates inside a cond whose branch sums gradients across replicas, which
         # tf.distribute refuses ("merge_call called while defining a new graph"); found on --cpu-devices 2

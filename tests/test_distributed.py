@@ -82,10 +82,10 @@ def test_two_replicas_train_like_one_device_with_the_summed_batch(dataset):
 
 def test_train_py_on_two_logical_cpus_writes_a_bundle(dataset, tmp_path):
     p = run(["train.py", "--data", str(dataset), "--weights", "none", "--image-size", "32", "--layers", "heads",
-             "--epochs", "1", "--batch-size", "8", "--cpu-devices", "2", "--run", "md",
+             "--epochs", "1", "--batch-size", "8", "--cpu-devices", "2", "--mixed-precision", "on", "--run", "md",
              "--model-save", str(tmp_path / "ms"), "--log", str(tmp_path / "log")])
     assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-3000:]
-    assert "replicas: 2" in p.stdout
+    assert "replicas: 2; mixed precision: on" in p.stdout
     meta = json.loads((tmp_path / "ms" / "md" / "meta.json").read_text())
     assert meta["config"]["cpu_devices"] == 2 and len(meta["thresholds"]) == len(meta["labels"])
     assert (tmp_path / "ms" / "md" / "model.keras").is_file()
@@ -108,3 +108,20 @@ def test_accumulation_on_several_devices_is_refused_before_anything_is_written(d
     assert p.returncode == 2
     assert "--accum-steps 2 cannot run on 2 devices" in p.stderr and "--batch-size" in p.stderr
     assert not (tmp_path / "ms").exists() and not (tmp_path / "log").exists()
+
+
+def test_xla_trains_on_one_device(dataset, tmp_path):
+    # MobileNetV2: the XLA path is the same for every trunk, and its graph compiles in a fraction of DenseNet's time
+    p = run(["train.py", "--data", str(dataset), "--weights", "none", "--image-size", "32", "--layers", "heads",
+             "--epochs", "1", "--batch-size", "16", "--xla", "--backbone", "mobilenetv2", "--run", "x",
+             "--model-save", str(tmp_path / "ms"), "--log", str(tmp_path / "log")])
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-3000:]
+    assert "replicas: 1; mixed precision: off; XLA on" in p.stdout
+    meta = json.loads((tmp_path / "ms" / "x" / "meta.json").read_text())
+    assert 0.0 <= meta["validation"]["mAP"] <= 1.0
+
+
+def test_xla_on_logical_cpus_is_refused(dataset, tmp_path):
+    p = run(["train.py", "--data", str(dataset), "--weights", "none", "--image-size", "32", "--run", "x2",
+             "--cpu-devices", "2", "--xla", "--model-save", str(tmp_path / "ms"), "--log", str(tmp_path / "log")])
+    assert p.returncode == 2 and "--xla cannot compile for --cpu-devices" in p.stderr
