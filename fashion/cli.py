@@ -227,8 +227,8 @@ def train_parser() -> argparse.ArgumentParser:
     add_option(g, C, "--batch-size", "images per step (per replica)", type=int, metavar="N")
     add_option(g, C, "--lr-find", "run the learning-rate range test instead of training: saves "
                "log/RUN/lr_find.png and prints the suggested --lr", action="store_true")
-    add_option(g, C, "--accum-steps", "gradient accumulation: K steps act as one K x batch (Caffe iter_size); one device only",
-               type=int, metavar="K")
+    add_option(g, C, "--accum-steps", "gradient accumulation: K steps act as one K x batch (Caffe iter_size); "
+               "one device only", type=int, metavar="K")
     g = p.add_argument_group("imbalance")
     add_option(g, C, "--head-weights", "each head's share of the loss from training positives: none, original "
                "(∝ frequency), inverse (N/pos), sqrt, effective (Cui et al. 2019)",
