@@ -92,13 +92,9 @@ def split_labels(data: Path) -> tuple:
 
 def bundle_scores(bundle_dir: Path, data: Path):
     """Validation scores of a finished run, predicted now (so cached runs are scored by today's metrics)."""
-    from fashion import pipeline, prediction
+    from fashion import evaluation, pipeline, prediction
 
-    b = prediction.load_bundle(bundle_dir)
-    val = pipeline.describe_split(data, "val")
-    ds = pipeline.make_dataset(val.files, len(b.labels), image_size=b.input_size, batch_size=64, training=False,
-                               count=val.count)
-    return prediction.to_probs(b.model.predict(ds, verbose=0), b.heads, b.task)
+    return evaluation.split_scores(prediction.load_bundle(bundle_dir), pipeline.describe_split(data, "val"))
 
 
 def score(y, p, y_train) -> dict:

@@ -22,15 +22,19 @@ from sklearn.metrics import precision_recall_curve, roc_auc_score
 from . import metrics, pipeline, prediction, records, review
 
 
+def split_scores(bundle: prediction.Bundle, part: pipeline.Split) -> np.ndarray:
+    """The bundle's probabilities on every record of a split, in record order (center crops)."""
+    ds = pipeline.make_dataset(part.files, len(bundle.labels), image_size=bundle.input_size, batch_size=64,
+                               training=False, count=part.count)
+    return prediction.to_probs(bundle.model.predict(ds, verbose=0), bundle.heads, bundle.task)
+
+
 def evaluate(bundle: prediction.Bundle, data: str | Path, split: str = "val", threshold: float | None = None,
              top_k: int | None = None) -> tuple[dict[str, Any], np.ndarray, np.ndarray, list[str], list[str]]:
     """Scores the split; returns (metrics dict, labels (N, labels), scores (N, columns), record ids, sources)."""
     part = pipeline.describe_split(data, split)
     n = len(bundle.labels)
-    ds = pipeline.make_dataset(part.files, n, image_size=bundle.input_size, batch_size=64, training=False,
-                               count=part.count)
-    out = bundle.model.predict(ds, verbose=0)
-    scores = prediction.to_probs(out, bundle.heads, bundle.task)
+    scores = split_scores(bundle, part)
     # one pass: ids, sources and labels
     recs = [(r["id"], r["source"], r["labels"]) for r in records.iter_records(part.files, n)]
     ids = [i for i, _, _ in recs]

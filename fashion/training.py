@@ -446,20 +446,16 @@ def check_cluster() -> None:
             f"(MirroredStrategy), and unset TF_CONFIG.")
 
 
-def replicas_planned(cfg: TrainConfig) -> int:
-    """How many devices setup_device will train on (all GPUs, else --cpu-devices logical CPUs)."""
+def check_devices(cfg: TrainConfig) -> None:
+    """Refuse, before anything is written, what cannot run on the devices setup_device will use
+    (all GPUs, else --cpu-devices logical CPUs)."""
     import tensorflow as tf
 
-    gpus = len(tf.config.list_physical_devices("GPU"))
-    return gpus if gpus else max(cfg.cpu_devices, 1)
-
-
-def check_devices(cfg: TrainConfig) -> None:
-    """Refuse, before anything is written, what cannot run on the devices at hand."""
     if cfg.cpu_devices < 1:
         raise TrainError(f"--cpu-devices must be >= 1, got {cfg.cpu_devices}")
-    n = replicas_planned(cfg)
-    if cfg.xla and cfg.cpu_devices > 1 and n > 1:
+    gpus = len(tf.config.list_physical_devices("GPU"))
+    n = gpus or cfg.cpu_devices
+    if cfg.xla and not gpus and n > 1:
         # XLA compiles the step for one CPU and then reads variables kept on the other logical devices
         # ("Trying to access resource ... located in device CPU:1", a TF XLA known issue); GPUs are fine
         raise TrainError("--xla cannot compile for --cpu-devices (logical CPUs share one XLA device): drop one")

@@ -144,3 +144,14 @@ def server():
     s = Server()
     yield s
     s.close()
+
+
+@pytest.fixture(scope="session")
+def dataset(tmp_path_factory):
+    """The shipped sample ingested once at 40 px (shards of 64 records), read-only for every test."""
+    from fashion.cli import generate_dataset_main
+
+    out = tmp_path_factory.mktemp("records")
+    assert generate_dataset_main([str(SAMPLE / "train+val.txt"), "--labels", str(SAMPLE / "labels.txt"),
+                                  "--out", str(out), "--image-size", "40", "--shard-size", "64"]) == 0
+    return out

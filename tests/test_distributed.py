@@ -10,10 +10,8 @@ import os
 import subprocess
 import sys
 
-import pytest
 
 from conftest import ROOT, SAMPLE
-from fashion.cli import generate_dataset_main
 
 # Two replicas with batch 4 each vs one device with batch 8, on the same three batches (eval pipeline:
 # no random crops), from the same initial weights: our SGD (momentum, clipnorm 5: clipping is where
@@ -54,14 +52,6 @@ out = {"sgd": train(two, opt),
 out = {k: float(max(np.abs(x - y).max() for x, y in zip(a, b))) for k, b in out.items()}
 print("RESULT", json.dumps(out))
 """
-
-
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory):
-    out = tmp_path_factory.mktemp("records")
-    assert generate_dataset_main([str(SAMPLE / "train+val.txt"), "--labels", str(SAMPLE / "labels.txt"),
-                                  "--out", str(out), "--image-size", "40"]) == 0
-    return out
 
 
 def run(args: list[str], **kw) -> subprocess.CompletedProcess:

@@ -15,21 +15,12 @@ import pytest
 
 from conftest import ROOT, SAMPLE
 from fashion import losses, metrics, model as model_lib, pipeline
-from fashion.cli import generate_dataset_main, train_main
+from fashion.cli import train_main
 from fashion.config import TrainConfig
 from fashion.training import make_optimizer
 
 LABELS = (SAMPLE / "labels.txt").read_text().split()
 SIZE = 32
-
-
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory):
-    out = tmp_path_factory.mktemp("records")
-    code = generate_dataset_main([str(SAMPLE / "train+val.txt"), "--labels", str(SAMPLE / "labels.txt"),
-                                  "--out", str(out), "--image-size", "40", "--shard-size", "64"])
-    assert code == 0
-    return out
 
 
 def batch_from(dataset, n=16, training=False):
