@@ -45,7 +45,7 @@ def make_bundle(folder: Path, size: int) -> Path:
     import keras
 
     from fashion import model as model_lib
-    from fashion.records import atomic_write_json
+    from fashion.fileio import atomic_write_json
 
     labels = [f"label_{i}" for i in range(13)]
     keras.utils.set_random_seed(0)

@@ -317,7 +317,7 @@ def detect_main(argv: list[str] | None = None) -> int:
     from . import prediction
     from .fetching import FetchError, Fetcher
     from .imaging import ImageError
-    from .records import atomic_write_text
+    from .fileio import atomic_write_text
 
     args = detect_parser().parse_args(argv)
     try:

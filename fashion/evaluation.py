@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 from sklearn.metrics import precision_recall_curve, roc_auc_score
 
-from . import metrics, pipeline, prediction, records, review
+from . import fileio, metrics, pipeline, prediction, records, review
 
 
 def split_scores(bundle: prediction.Bundle, part: pipeline.Split) -> np.ndarray:
@@ -160,7 +160,7 @@ def review_csv(bundle: prediction.Bundle, result: dict[str, Any], y: np.ndarray,
     loss = image_losses(bundle, y, scores)
     worst = np.argsort(-loss, kind="stable")[:k]
     true, pred, score = row_labels(bundle, result, y, scores, threshold)
-    return records.csv_text(list(review.COLUMNS), ([ids[i], sources[i], true[i], pred[i], f"{score[i]:.4f}",
+    return fileio.csv_text(list(review.COLUMNS), ([ids[i], sources[i], true[i], pred[i], f"{score[i]:.4f}",
                                               f"{loss[i]:.4f}", "", ""] for i in worst))
 
 
@@ -279,9 +279,9 @@ def write_report(out: Path, bundle: prediction.Bundle, result: dict[str, Any], y
     w.writerow(["id", "true_labels", "predicted_labels", "action", *columns])
     for i in worst:
         w.writerow([ids[i], true[i], pred[i], "keep", *(f"{s:.4f}" for s in scores[i])])
-    records.atomic_write_text(out / "top_losses.csv", buf.getvalue())
+    fileio.atomic_write_text(out / "top_losses.csv", buf.getvalue())
     written.append(out / "top_losses.csv")
-    records.atomic_write_text(out / "review.csv", review_csv(bundle, result, y, scores, ids,
+    fileio.atomic_write_text(out / "review.csv", review_csv(bundle, result, y, scores, ids,
                                                              sources or [""] * len(ids), k, threshold))
     written.append(out / "review.csv")
     if images:
@@ -311,10 +311,10 @@ def write_report(out: Path, bundle: prediction.Bundle, result: dict[str, Any], y
                       "(true labels; worst two probabilities)"))
         save(fig, "top_losses.png")
 
-    records.atomic_write_json(out / "metrics.json", result)
+    fileio.atomic_write_json(out / "metrics.json", result)
     written.append(out / "metrics.json")
     pngs = [p.name for p in written if p.suffix == ".png"]
-    records.atomic_write_text(out / "index.html", _html_single(result, pngs) if single else _html(result, labels, pngs))
+    fileio.atomic_write_text(out / "index.html", _html_single(result, pngs) if single else _html(result, labels, pngs))
     written.append(out / "index.html")
     return written
 
@@ -337,7 +337,7 @@ def _single_plots(out: Path, bundle: prediction.Bundle, result: dict[str, Any], 
                     color="white" if cm[i, j] > top / 2 else "black")
     ax.set_title(f"confusion matrix — accuracy {result['accuracy']:.3f} ({result['correct']}/{result['images']})")
     save(fig, "confusion.png")
-    records.atomic_write_text(out / "confusion.csv", records.csv_text(
+    fileio.atomic_write_text(out / "confusion.csv", fileio.csv_text(
         ["true \\ predicted", *classes], ([c, *row] for c, row in zip(classes, cm.tolist()))))
     pc = result["per_class"]
     fig, ax = plt.subplots(figsize=(max(6, 0.7 * k), 4))

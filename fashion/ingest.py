@@ -30,17 +30,13 @@ from typing import Any, Iterable, Iterator
 import numpy as np
 from tqdm import tqdm
 
-from . import imaging, records, reports, review, sources, splits
+from . import fileio, imaging, records, reports, review, sources, splits
 from .config import IngestConfig
+from .errors import EXIT_FAILURES, EXIT_FATAL, EXIT_INTERRUPTED, EXIT_OK, IngestError
 from .fetching import FetchError, Fetcher
 from .sources import Failure, Item, ParsedList, open_list, parse_list, read_label_names
 
 PARTIAL = ".partial"
-EXIT_OK, EXIT_FAILURES, EXIT_FATAL, EXIT_INTERRUPTED = 0, 1, 2, 130
-
-
-class IngestError(Exception):
-    """A problem that stops the job before anything is written (bad options, wrong folder state)."""
 
 
 @dataclass
@@ -352,7 +348,7 @@ class Ingest:
         self.partial.mkdir(parents=True, exist_ok=True)
         for stale in self.out.glob(".*.tfrecord.tmp"):  # half-written shards of a killed run
             stale.unlink()
-        records.atomic_write_json(plan_file, {"fingerprint": fp, "command": self.command})
+        fileio.atomic_write_json(plan_file, {"fingerprint": fp, "command": self.command})
 
     def _write_shards(self, plans: list[ShardPlan]) -> int:
         cfg = self.cfg
@@ -392,7 +388,7 @@ class Ingest:
                 except BaseException:
                     writer.abort()
                     raise
-                records.atomic_write_json(self._state_path(plan), {**asdict(result), "split": plan.split,
+                fileio.atomic_write_json(self._state_path(plan), {**asdict(result), "split": plan.split,
                                                                    "failures": fails, "index": index})
         finally:
             results.close()
@@ -411,7 +407,7 @@ class Ingest:
         cfg = self.cfg
         # Only rows the previous manifest vouches for: a kill between the CSV writes and the
         # manifest's must not count this run's rows twice on the rerun.
-        old_fail = reports.read_csv_rows(self.out / records.FAILURES)[:existing["failures"]] if existing else []
+        old_fail = fileio.read_csv_rows(self.out / records.FAILURES)[:existing["failures"]] if existing else []
         old_index = _committed_index(self.out, existing) if existing else []
         now = datetime.now(timezone.utc).isoformat(timespec="seconds")
         manifest = existing or {
@@ -442,12 +438,12 @@ class Ingest:
                                   "records": sum(s["records"] for s in states), "failures": len(new_failures),
                                   **({"review": self.review_info} if self.review_info else {})})
 
-        records.atomic_write_text(self.out / records.FAILURES, records.csv_text(
+        fileio.atomic_write_text(self.out / records.FAILURES, fileio.csv_text(
             ["id", "source", "reason"], old_fail + [[f.id, f.source, f.reason] for f in new_failures]))
-        records.atomic_write_text(self.out / records.INDEX, records.csv_text(
+        fileio.atomic_write_text(self.out / records.INDEX, fileio.csv_text(
             ["id", "split", "shard", "source", "labels"],
             old_index + [r for s in states for r in s["index"]]))
-        records.atomic_write_json(self.out / records.MANIFEST, manifest)
+        fileio.atomic_write_json(self.out / records.MANIFEST, manifest)
         shutil.rmtree(self.partial, ignore_errors=True)
         return manifest
 
@@ -455,7 +451,7 @@ class Ingest:
 def _committed_index(out: Path, manifest: dict[str, Any]) -> list[list[str]]:
     """index.csv rows whose shard the manifest lists."""
     shards = {sh["name"] for sp in manifest["splits"].values() for sh in sp["shards"]}
-    return [r for r in reports.read_csv_rows(out / records.INDEX) if len(r) > 2 and r[2] in shards]
+    return [r for r in fileio.read_csv_rows(out / records.INDEX) if len(r) > 2 and r[2] in shards]
 
 
 # --------------------------------------------------------------------------- verification
@@ -484,7 +480,7 @@ def verify(folder: str | Path) -> int:
             if not path.is_file():
                 problems.append(f"{shard['name']}: missing")
                 continue
-            digest = records.sha256_file(path)
+            digest = fileio.sha256_file(path)
             if digest != shard["sha256"]:
                 problems.append(f"{shard['name']}: sha256 {digest[:12]}… does not match the manifest "
                                 f"({shard['sha256'][:12]}…)")

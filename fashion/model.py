@@ -22,6 +22,8 @@ from typing import Sequence
 
 import keras
 
+from .errors import FashionError
+
 MODEL_SAVE = Path("model_save")
 BACKBONES = ("densenet121", "densenet169", "densenet201", "resnet50", "mobilenetv2", "xception", "efficientnetb0")
 TASKS = ("multilabel", "multiclass", "binary")
@@ -59,7 +61,7 @@ _CONSTRUCTORS = {"densenet121": "DenseNet121", "densenet169": "DenseNet169", "de
                  "efficientnetb0": "EfficientNetB0"}
 
 
-class WeightsError(Exception):
+class WeightsError(FashionError):
     """Pretrained weights that cannot be found or do not fit."""
 
 

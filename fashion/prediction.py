@@ -17,12 +17,9 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from . import imaging
+from .errors import BundleError
 from .fetching import Fetcher
 from .sources import IMAGE_EXTENSIONS
-
-
-class BundleError(Exception):
-    """No usable bundle (missing, or not one of ours)."""
 
 
 @dataclass
@@ -166,7 +163,7 @@ def export_bundle(bundle: Bundle, fmt: str) -> Path:
     import shutil
     import tempfile
 
-    from .records import atomic_write_bytes
+    from .fileio import atomic_write_bytes
 
     if fmt not in ("savedmodel", "tflite"):
         raise ValueError(f"--export must be savedmodel or tflite, got {fmt!r}")

@@ -14,17 +14,15 @@ manifest is written last, so a folder with a dataset.json is complete.
 
 from __future__ import annotations
 
-import csv
-import hashlib
-import io
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 import numpy as np
+
+from .fileio import atomic_write_json, csv_text, sha256_file
 
 SCHEMA_VERSION = 1
 MANIFEST = "dataset.json"
@@ -32,8 +30,6 @@ FAILURES = "failures.csv"
 INDEX = "index.csv"
 SPLITS = ("train", "val")  # always in the manifest
 ALL_SPLITS = ("train", "val", "test")  # "test" only when the source gives one (folders, lists)
-_UMASK = os.umask(0)
-os.umask(_UMASK)
 
 # Feature keys of our records (schema 1).
 F_IMAGE, F_FORMAT, F_ID, F_SOURCE = "image/encoded", "image/format", "image/id", "image/source"
@@ -75,46 +71,6 @@ def make_example(image: bytes, *, id: str, source: str, height: int, width: int,
         F_LABELS: i(labels),
     }))
     return ex.SerializeToString()
-
-
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
-
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write via a temporary file in the same folder, then rename (never a truncated file)."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the usual permissions
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_json(path: str | Path, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2) + "\n")
-
-
-def csv_text(header: list[str], rows: Iterable[Iterable[Any]]) -> str:
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(header)
-    w.writerows(rows)
-    return buf.getvalue()
 
 
 @dataclass

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 from collections import Counter
 from pathlib import Path
 from typing import Any, Sequence
@@ -10,15 +9,6 @@ from typing import Any, Sequence
 import numpy as np
 
 from .sources import Failure
-
-
-def read_csv_rows(path: Path) -> list[list[str]]:
-    """Rows of a CSV written by us, without its header; [] when the file is absent."""
-    if not path.is_file():
-        return []
-    with open(path, encoding="utf-8", newline="") as f:
-        rows = list(csv.reader(f))
-    return rows[1:]
 
 
 def class_table(labels: Sequence[str], counts: dict[str, Sequence[int]], n_total: int) -> str:

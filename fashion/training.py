@@ -32,17 +32,14 @@ from typing import Any
 import keras
 import numpy as np
 
-from . import losses, metrics, model as model_lib, pipeline, records
+from . import fileio, losses, metrics, model as model_lib, pipeline, records
 from .config import TrainConfig
+from .errors import EXIT_INTERRUPTED, EXIT_OK, TrainError
+from .fileio import save_model_atomic
 from .prediction import binary_classes, to_probs
 
-EXIT_OK, EXIT_FATAL, EXIT_INTERRUPTED = 0, 2, 130
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("onecycle", "cosine", "plateau", "constant")
-
-
-class TrainError(Exception):
-    """A problem that stops training with a clear message (bad options, missing data or weights)."""
 
 
 @dataclass
@@ -261,14 +258,8 @@ def current_lr(optimizer) -> float:
         return float(np.asarray(lr(optimizer.iterations)))
 
 
-def save_model_atomic(model, path: Path) -> None:
-    tmp = path.with_name(f".{path.stem}.tmp.keras")
-    model.save(tmp)
-    os.replace(tmp, path)
-
-
 def write_state(folder: Path, state: dict) -> None:
-    records.atomic_write_json(folder / "state.json", state)
+    fileio.atomic_write_json(folder / "state.json", state)
 
 
 def predict_scores(model, ds, names, task: str = "multilabel") -> np.ndarray:
@@ -538,7 +529,7 @@ class Trainer:
         self.save_dir.mkdir(parents=True, exist_ok=True)
         self.log_dir.mkdir(parents=True, exist_ok=True)
         sys.stdout = Tee(sys.stdout, self.log_dir / "console.log")
-        records.atomic_write_text(self.log_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        fileio.atomic_write_text(self.log_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         keras.utils.set_random_seed(cfg.seed)
 
         n = train.count
@@ -742,7 +733,7 @@ class Trainer:
         if task == "binary":
             meta["positive_class"] = classes[1]
             meta["pos_weight"] = float(pw[0])
-        records.atomic_write_json(self.save_dir / "meta.json", meta)
+        fileio.atomic_write_json(self.save_dir / "meta.json", meta)
         print(f"\nvalidation ({len(y)} images):")
         if task == "binary":
             auc = "-" if extra["roc_auc"] is None else f"{extra['roc_auc']:.3f}"
@@ -792,7 +783,7 @@ class Trainer:
             "config": self.cfg.to_dict(), "command": self.command,
             "created": datetime.now().isoformat(timespec="seconds"),
         }
-        records.atomic_write_json(self.save_dir / "meta.json", meta)
+        fileio.atomic_write_json(self.save_dir / "meta.json", meta)
         print(f"\nvalidation ({len(y_val)} images):")
         print(f"  model     mAP {tuned['mAP']:.3f}   sample-F2 {at_half['f2_samples']:.3f} at 0.5, "
               f"{tuned['f2_samples']:.3f} with thresholds tuned here ({crossfit:.3f} tuned on the other half, "

@@ -13,7 +13,7 @@ import pytest
 from conftest import SAMPLE, sample_lines
 from fashion import model as model_lib
 from fashion.cli import detect_main
-from fashion.records import atomic_write_json
+from fashion.fileio import atomic_write_json
 
 LABELS = (SAMPLE / "labels.txt").read_text().split()
 

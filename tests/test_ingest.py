@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from conftest import SAMPLE, sample_lines
-from fashion import records
+from fashion import fileio, records
 from fashion.cli import generate_dataset_main
 
 LABELS = str(SAMPLE / "labels.txt")
@@ -128,7 +128,7 @@ def test_every_case_ends_as_the_rules_say(server, tmp_path):
         y = np.array([recs[i]["labels"] for i in recs if recs[i]["split"] == split])
         assert info["records"] == len(y) and info["positives"] == y.sum(0).tolist()
         for sh in info["shards"]:
-            assert sh["sha256"] == records.sha256_file(out / sh["name"])
+            assert sh["sha256"] == fileio.sha256_file(out / sh["name"])
     assert "--image-size 64" in manifest["commands"][0]
     assert not list(out.glob(".*")), "no temporary files left behind"
 
@@ -182,12 +182,12 @@ def test_append_adds_shards_without_rewriting(server, tmp_path):
     out = tmp_path / "o"
     common = ["--out", str(out), "--labels", LABELS, "--image-size", "32", "--shard-size", "4"]
     assert generate_dataset_main([str(write_list(tmp_path / "a.txt", [row(i) for i in range(10)]))] + common) == 0
-    before = {p.name: records.sha256_file(p) for p in out.glob("*.tfrecord")}
+    before = {p.name: fileio.sha256_file(p) for p in out.glob("*.tfrecord")}
     # without --append a different list is refused rather than mixed in
     assert generate_dataset_main([str(write_list(tmp_path / "b.txt", [row(i) for i in range(8, 16)]))] + common) == 2
     code = generate_dataset_main([str(tmp_path / "b.txt"), "--append"] + common)
     assert code == 1  # n8, n9 are already there: reported, not added twice
-    after = {p.name: records.sha256_file(p) for p in out.glob("*.tfrecord")}
+    after = {p.name: fileio.sha256_file(p) for p in out.glob("*.tfrecord")}
     assert all(after[n] == h for n, h in before.items()), "existing shards untouched"
     assert len(after) > len(before) and any("-a01-" in n for n in after)
     recs = read_dataset(out)
