@@ -4,21 +4,24 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test ingest-demo verify-demo bench-ingest clean help
+.PHONY: help demo test test-fast lint bench-ingest clean
 
 help:
-	@echo "make demo   - set up .venv, ingest the shipped sample (data/sample) into data/records, verify it,"
-	@echo "              train 3 epochs from scratch on CPU (model_save/demo-*/, log/demo-*/), print the metrics,"
-	@echo "              and detect the labels of one sample photo"
-	@echo "make test   - set up .venv and run the test suite"
+	@echo "make demo      - set up .venv, ingest the shipped sample (data/sample) into data/records, verify it,"
+	@echo "                 train 3 epochs from scratch on CPU (model_save/demo-*/, log/demo-*/), print the metrics,"
+	@echo "                 and detect the labels of one sample photo"
+	@echo "make test      - set up .venv and run the whole test suite (what CI runs)"
+	@echo "make test-fast - the tests not marked slow (no end-to-end training): under 2 minutes"
+	@echo "make lint      - ruff check and ruff format --check"
 	@echo "make bench-ingest - ingestion benchmark (bench/ingest.py), prints ratios"
-	@echo "make clean  - remove data/records, data/cache and caches (keeps .venv)"
+	@echo "make clean     - remove data/records, data/cache and caches (keeps .venv)"
 
-# Re-install only when requirements.txt changes.
-$(STAMP): requirements.txt
+# The project installed in place (editable) with its test and lint tools; re-installed only when
+# pyproject.toml changes.
+$(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --quiet -e '.[test,lint]'
 	touch $(STAMP)
 
 # Ingest the shipped sample, then train a few minutes on CPU from scratch (offline: no ImageNet weights).
@@ -32,8 +35,20 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest
 
-bench-ingest: $(STAMP)
+test-fast: $(STAMP)
+	$(PY) -m pytest -m "not slow"
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+# The benchmarks' extra dependencies (scikit-image: the reference in bench/ingest.py).
+$(VENV)/.installed-bench: $(STAMP)
+	$(PY) -m pip install --quiet -e '.[test,lint,bench]'
+	touch $@
+
+bench-ingest: $(VENV)/.installed-bench
 	$(PY) bench/ingest.py
 
 clean:
-	rm -rf data/records data/cache .pytest_cache bench/out log/demo-* model_save/demo-*
+	rm -rf data/records data/cache .pytest_cache .ruff_cache bench/out log/demo-* model_save/demo-*

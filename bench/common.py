@@ -22,7 +22,7 @@ class StepTimer(keras.callbacks.Callback):
 
     def rate(self, batch: int, warmup: int) -> float:
         """Images/s from the end of the last warm-up step (graph build or compile excluded)."""
-        t = self.ends[warmup - 1:]
+        t = self.ends[warmup - 1 :]
         return batch * (len(t) - 1) / (t[-1] - t[0])
 
 
@@ -38,13 +38,13 @@ def plain_keras(size: int, group: str, fused: bool = False) -> keras.Model:
     f = trunk(inp)
     outs = {}
     if fused:
-        h = keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(64 * 13, 3, padding="same",
-                                                                      activation="relu")(f))
-        parts = [keras.layers.Lambda(lambda t, i=i: t[:, 64 * i:64 * (i + 1)])(h) for i in range(13)]
+        h = keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(64 * 13, 3, padding="same", activation="relu")(f))
+        parts = [keras.layers.Lambda(lambda t, i=i: t[:, 64 * i : 64 * (i + 1)])(h) for i in range(13)]
     else:
-        parts = [keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(64, 3, padding="same",
-                                                                           activation="relu")(f))
-                 for _ in range(13)]
+        parts = [
+            keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(64, 3, padding="same", activation="relu")(f))
+            for _ in range(13)
+        ]
     for i, h in enumerate(parts):
         outs[f"o{i}"] = keras.layers.Dense(1, activation="sigmoid", dtype="float32", name=f"o{i}")(h)
     m = keras.Model(inp, outs)

@@ -25,7 +25,6 @@ from datetime import date
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 PHOTOS = ROOT.parent / "shared" / "data" / "ccp-dev" / "photos"
 FLOOR = """
 import os, sys
@@ -50,8 +49,10 @@ def make_bundle(folder: Path, size: int) -> Path:
     labels = [f"label_{i}" for i in range(13)]
     keras.utils.set_random_seed(0)
     model_lib.build_model(labels, image_size=size).save(folder / "model.keras")
-    atomic_write_json(folder / "meta.json", {"labels": labels, "heads": model_lib.head_names(labels),
-                                             "thresholds": [0.5] * 13, "input_size": size})
+    atomic_write_json(
+        folder / "meta.json",
+        {"labels": labels, "heads": model_lib.head_names(labels), "thresholds": [0.5] * 13, "input_size": size},
+    )
     return folder
 
 
@@ -76,15 +77,20 @@ def main() -> None:
         c, f = min(cold), min(floor)
 
         out = Path(tmp) / "r.json"
-        t_detect = timed([py, "detect.py", *map(str, photos), "--model", str(bundle), "--json", str(out),
-                          "--quiet"]) - c  # the cold start is not throughput
+        t_detect = (
+            timed([py, "detect.py", *map(str, photos), "--model", str(bundle), "--json", str(out), "--quiet"]) - c
+        )  # the cold start is not throughput
         import numpy as np
 
         from fashion import imaging, prediction
 
         b = prediction.load_bundle(bundle)
-        x = np.stack([imaging.resize(imaging.decode_rgb(p.read_bytes(), target=b.input_size), b.input_size, "crop")
-                      for p in photos])
+        x = np.stack(
+            [
+                imaging.resize(imaging.decode_rgb(p.read_bytes(), target=b.input_size), b.input_size, "crop")
+                for p in photos
+            ]
+        )
         b.model.predict(x[:32], batch_size=32, verbose=0)  # build the predict graph outside the clock
         t = time.perf_counter()
         b.model.predict(x, batch_size=32, verbose=0)
@@ -92,10 +98,14 @@ def main() -> None:
         assert len(json.loads(out.read_text())) == len(photos)
     n = len(photos)
     print(f"{date.today()}, {os.cpu_count()} cores, bundle input {b.input_size} px, {n} photos from {photos_dir}")
-    print(f"cold start: detect.py one.jpg {c:.2f}s vs floor (import + load bundle) {f:.2f}s = {c / f:.2f}x "
-          f"(target <= 1.5x)")
-    print(f"batch: detect.py {n / t_detect:.1f} img/s (after its cold start) vs bare model.predict on decoded "
-          f"tensors {n / t_bare:.1f} img/s = {t_bare / t_detect:.2f}x (target >= 0.9x)")
+    print(
+        f"cold start: detect.py one.jpg {c:.2f}s vs floor (import + load bundle) {f:.2f}s = {c / f:.2f}x "
+        f"(target <= 1.5x)"
+    )
+    print(
+        f"batch: detect.py {n / t_detect:.1f} img/s (after its cold start) vs bare model.predict on decoded "
+        f"tensors {n / t_bare:.1f} img/s = {t_bare / t_detect:.2f}x (target >= 0.9x)"
+    )
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """fastai's multi-label recipe on the images our generator exported: the reference of issue #6.
 
-Runs in a side environment holding fastai (not in requirements.txt), e.g.:
+Runs in a side environment holding fastai (not a dependency of this project), e.g.:
     python3.11 -m venv /tmp/fastai-venv
     /tmp/fastai-venv/bin/pip install fastai --extra-index-url https://download.pytorch.org/whl/cpu
     /tmp/fastai-venv/bin/python bench/fastai_multilabel.py --export bench/out/myntra-dev-72-export --size 64 --epochs 4
@@ -23,8 +23,19 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from fastai.vision.all import (ColSplitter, DataBlock, Flip, ImageBlock, MultiCategoryBlock, Normalize,
-                               RandomCrop, densenet121, imagenet_stats, valley, vision_learner)
+from fastai.vision.all import (
+    ColSplitter,
+    DataBlock,
+    Flip,
+    ImageBlock,
+    MultiCategoryBlock,
+    Normalize,
+    RandomCrop,
+    densenet121,
+    imagenet_stats,
+    valley,
+    vision_learner,
+)
 
 
 def main() -> None:
@@ -40,11 +51,14 @@ def main() -> None:
     labels = (root / "labels.txt").read_text().split()
     df = pd.read_csv(root / "labels.csv", keep_default_na=False, dtype=str)
     df["is_valid"] = df["split"] == "val"
-    block = DataBlock(blocks=(ImageBlock, MultiCategoryBlock(vocab=labels)),
-                      get_x=lambda r: root / "images" / f"{r['id']}.jpg",
-                      get_y=lambda r: r["labels"].split(";") if r["labels"] else [],
-                      splitter=ColSplitter("is_valid"), item_tfms=RandomCrop(args.size),
-                      batch_tfms=[Flip(), Normalize.from_stats(*imagenet_stats)])
+    block = DataBlock(
+        blocks=(ImageBlock, MultiCategoryBlock(vocab=labels)),
+        get_x=lambda r: root / "images" / f"{r['id']}.jpg",
+        get_y=lambda r: r["labels"].split(";") if r["labels"] else [],
+        splitter=ColSplitter("is_valid"),
+        item_tfms=RandomCrop(args.size),
+        batch_tfms=[Flip(), Normalize.from_stats(*imagenet_stats)],
+    )
     dls = block.dataloaders(df, bs=args.batch_size, num_workers=0)
     learn = vision_learner(dls, densenet121, pretrained=False)
     t = time.perf_counter()

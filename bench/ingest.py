@@ -44,6 +44,7 @@ def photo_dir() -> Path:
 
 # --------------------------------------------------------------------------- server process
 
+
 def serve(folder: str, latency: mp.Value, port: mp.Value, ready: mp.Event) -> None:
     files = {p.name: p.read_bytes() for p in Path(folder).glob("*.jpg")}
 
@@ -80,8 +81,7 @@ _RUN = [0]
 def make_list(tmp: Path, base_url: str, names: list[str], n: int, tag: str) -> Path:
     _RUN[0] += 1
     path = tmp / f"{tag}-{_RUN[0]}-{n}.txt"
-    path.write_text("".join(f"{i:06d},{base_url}/{names[i % len(names)]}?r={_RUN[0]}-{i}{LABELS}\n"
-                            for i in range(n)))
+    path.write_text("".join(f"{i:06d},{base_url}/{names[i % len(names)]}?r={_RUN[0]}-{i}{LABELS}\n" for i in range(n)))
     return path
 
 
@@ -100,8 +100,21 @@ def run_child(cmd: list[str]) -> tuple[float, int]:
 
 def ours(lst: Path, tmp: Path) -> tuple[float, int]:
     out = tempfile.mkdtemp(dir=tmp)
-    return run_child([sys.executable, "generate_dataset.py", str(lst), "--out", out, "--cache", out + "/cache",
-                      "--image-size", "256", "--shard-size", "1024"])
+    return run_child(
+        [
+            sys.executable,
+            "generate_dataset.py",
+            str(lst),
+            "--out",
+            out,
+            "--cache",
+            out + "/cache",
+            "--image-size",
+            "256",
+            "--shard-size",
+            "1024",
+        ]
+    )
 
 
 def reference(lst: Path, tmp: Path) -> tuple[float, int]:
@@ -149,7 +162,7 @@ def _local_one(path: str, reduced: bool = False) -> int:
     s = 256 / min(h, w)
     img = cv2.resize(img, (max(256, round(w * s)), max(256, round(h * s))), interpolation=cv2.INTER_AREA)
     t, l = (img.shape[0] - 256) // 2, (img.shape[1] - 256) // 2
-    ok, buf = cv2.imencode(".jpg", img[t:t + 256, l:l + 256], [cv2.IMWRITE_JPEG_QUALITY, 95])
+    ok, buf = cv2.imencode(".jpg", img[t : t + 256, l : l + 256], [cv2.IMWRITE_JPEG_QUALITY, 95])
     return len(buf)
 
 
@@ -161,6 +174,7 @@ def local_main(lst: str, reduced: bool) -> None:
 
 
 # --------------------------------------------------------------------------- driver
+
 
 def marginal(fn, tmp: Path, base: str, names: list[str], n1: int, n2: int, tag: str, reps: int = 2) -> float:
     """(n2 - n1) / (t2 - t1), each time the best of `reps` runs (shared machines are noisy)."""

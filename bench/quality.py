@@ -27,14 +27,25 @@ from datetime import date
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 SHARED = ROOT.parent / "shared" / "data"
 OUT = ROOT / "bench" / "out"
 
 RECIPES = {
     "ours (defaults)": [],
-    "original": ["--head-weights", "original", "--pos-weight", "none", "--loss", "bce", "--optimizer", "sgd",
-                 "--lr", "0.01", "--schedule", "constant"],
+    "original": [
+        "--head-weights",
+        "original",
+        "--pos-weight",
+        "none",
+        "--loss",
+        "bce",
+        "--optimizer",
+        "sgd",
+        "--lr",
+        "0.01",
+        "--schedule",
+        "constant",
+    ],
 }
 # One lever changed from the defaults each (`--ablation NAME,...` or `--ablation all`).
 ABLATIONS = {
@@ -60,8 +71,19 @@ def ingest(name: str, stored: int) -> Path:
     out = OUT / f"{name}-{stored}"
     if (out / "dataset.json").is_file():
         return out
-    cmd = [sys.executable, "generate_dataset.py", str(src / "train+val.txt"), "--labels", str(src / "labels.txt"),
-           "--out", str(out), "--image-size", str(stored), "--cache", ""]
+    cmd = [
+        sys.executable,
+        "generate_dataset.py",
+        str(src / "train+val.txt"),
+        "--labels",
+        str(src / "labels.txt"),
+        "--out",
+        str(out),
+        "--image-size",
+        str(stored),
+        "--cache",
+        "",
+    ]
     subprocess.run(cmd, cwd=ROOT, check=False, stdout=subprocess.DEVNULL)
     if not (out / "dataset.json").is_file():
         sys.exit(f"ingestion of {src} failed")
@@ -72,8 +94,25 @@ def train(data: Path, run: str, size: int, epochs: int, extra: list[str]) -> dic
     ms, log = OUT / "model_save", OUT / "log"
     meta = ms / run / "meta.json"
     if not meta.is_file():
-        cmd = [sys.executable, "train.py", "--data", str(data), "--weights", "none", "--image-size", str(size),
-               "--epochs", str(epochs), "--run", run, "--model-save", str(ms), "--log", str(log), *extra]
+        cmd = [
+            sys.executable,
+            "train.py",
+            "--data",
+            str(data),
+            "--weights",
+            "none",
+            "--image-size",
+            str(size),
+            "--epochs",
+            str(epochs),
+            "--run",
+            run,
+            "--model-save",
+            str(ms),
+            "--log",
+            str(log),
+            *extra,
+        ]
         t = time.perf_counter()
         p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
         if p.returncode != 0:
@@ -103,9 +142,12 @@ def score(y, p, y_train) -> dict:
 
     at_half = metrics.summary(y, p, 0.5)
     tuned = metrics.summary(y, p, metrics.tune_thresholds(y, p, y_train=y_train))
-    return {"mAP": at_half["mAP"], "f2_samples_at_0.5": at_half["f2_samples"],
-            "f2_samples_tuned_crossfit": metrics.crossfit_f2(y, p, y_train=y_train),
-            "f2_samples_tuned": tuned["f2_samples"]}
+    return {
+        "mAP": at_half["mAP"],
+        "f2_samples_at_0.5": at_half["f2_samples"],
+        "f2_samples_tuned_crossfit": metrics.crossfit_f2(y, p, y_train=y_train),
+        "f2_samples_tuned": tuned["f2_samples"],
+    }
 
 
 def export_split(data: Path) -> Path:
@@ -140,9 +182,23 @@ def fastai_run(python: str, data: Path, size: int, epochs: int):
     if not npz.is_file():
         export = export_split(data)
         t = time.perf_counter()
-        p = subprocess.run([python, str(ROOT / "bench" / "fastai_multilabel.py"), "--export", str(export),
-                            "--size", str(size), "--epochs", str(epochs), "--out", str(npz)],
-                           cwd=ROOT, capture_output=True, text=True)
+        p = subprocess.run(
+            [
+                python,
+                str(ROOT / "bench" / "fastai_multilabel.py"),
+                "--export",
+                str(export),
+                "--size",
+                str(size),
+                "--epochs",
+                str(epochs),
+                "--out",
+                str(npz),
+            ],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+        )
         if p.returncode != 0:
             sys.exit(f"fastai run failed:\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}")
         print(f"  fastai: trained in {time.perf_counter() - t:.0f}s", flush=True)
@@ -159,11 +215,19 @@ def main() -> None:
     ap.add_argument("--stored", type=int, default=112, help="ingested image size")
     ap.add_argument("--epochs", type=int, default=8)
     ap.add_argument("--tag", default="", help="suffix for run names (reruns reuse finished runs)")
-    ap.add_argument("--ablation", default="", help="also run these levers, one changed from the defaults each: "
-                    f"comma-separated names, or all ({', '.join(ABLATIONS)})")
+    ap.add_argument(
+        "--ablation",
+        default="",
+        help="also run these levers, one changed from the defaults each: "
+        f"comma-separated names, or all ({', '.join(ABLATIONS)})",
+    )
     ap.add_argument("--only-ablation", action="store_true", help="skip the original recipe (ours is the reference)")
-    ap.add_argument("--fastai", metavar="PYTHON", help="python of a side environment holding fastai: adds "
-                    "fastai's multi-label recipe on the same split and crops (bench/fastai_multilabel.py)")
+    ap.add_argument(
+        "--fastai",
+        metavar="PYTHON",
+        help="python of a side environment holding fastai: adds "
+        "fastai's multi-label recipe on the same split and crops (bench/fastai_multilabel.py)",
+    )
     args = ap.parse_args()
     if args.data == "myntra":
         args.data = "myntra-dev"
@@ -191,12 +255,16 @@ def main() -> None:
     print(f"\n{date.today()}, {os.cpu_count()} cores — validation split of {args.data}")
     print(f"{'recipe':<24} {'mAP':>6} {'F2 @0.5':>8} {'F2 tuned':>9} {'F2 tuned*':>10}")
     for label, v in results.items():
-        print(f"{label:<24} {v['mAP']:6.3f} {v['f2_samples_at_0.5']:8.3f} {v['f2_samples_tuned_crossfit']:9.3f} "
-              f"{v['f2_samples_tuned']:10.3f}")
+        print(
+            f"{label:<24} {v['mAP']:6.3f} {v['f2_samples_at_0.5']:8.3f} {v['f2_samples_tuned_crossfit']:9.3f} "
+            f"{v['f2_samples_tuned']:10.3f}"
+        )
     print(f"{'constant':<24} {'':>6} {base['constant']['f2_samples']:8.3f}")
     print(f"{'class priors':<24} {base['prior']['mAP']:6.3f}")
-    print("F2 tuned: thresholds tuned on one half of the validation split, scored on the other (2-fold, mean of "
-          "5 random splits)")
+    print(
+        "F2 tuned: thresholds tuned on one half of the validation split, scored on the other (2-fold, mean of "
+        "5 random splits)"
+    )
     print("* thresholds tuned and scored on the whole validation split (optimistic)")
 
 

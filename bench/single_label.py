@@ -44,15 +44,51 @@ def source(given: str | None) -> Path:
 def ours(src: Path, backbone: str, alpha: float, size: int, epochs: int) -> tuple[float, float]:
     data = OUT / f"single-{src.parent.name}-{src.name}-{size}"
     if not (data / "dataset.json").is_file():
-        subprocess.run([sys.executable, "generate_dataset.py", "--from-folders", str(src), "--out", str(data),
-                        "--image-size", str(size), "--resize", "stretch", "--cache", ""], cwd=ROOT, check=True,
-                       stdout=subprocess.DEVNULL)
+        subprocess.run(
+            [
+                sys.executable,
+                "generate_dataset.py",
+                "--from-folders",
+                str(src),
+                "--out",
+                str(data),
+                "--image-size",
+                str(size),
+                "--resize",
+                "stretch",
+                "--cache",
+                "",
+            ],
+            cwd=ROOT,
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
     run = f"single-{src.parent.name}-{src.name}-{backbone}-{size}-{epochs}"
     extra = ["--alpha", str(alpha)] if backbone == "mobilenetv2" else []
     t = time.perf_counter()
-    cmd = [sys.executable, "train.py", "--data", str(data), "--task", "multiclass", "--backbone", backbone, *extra,
-           "--weights", "none", "--image-size", str(size), "--epochs", str(epochs), "--run", run,
-           "--model-save", str(OUT / "model_save"), "--log", str(OUT / "log")]
+    cmd = [
+        sys.executable,
+        "train.py",
+        "--data",
+        str(data),
+        "--task",
+        "multiclass",
+        "--backbone",
+        backbone,
+        *extra,
+        "--weights",
+        "none",
+        "--image-size",
+        str(size),
+        "--epochs",
+        str(epochs),
+        "--run",
+        run,
+        "--model-save",
+        str(OUT / "model_save"),
+        "--log",
+        str(OUT / "log"),
+    ]
     meta = OUT / "model_save" / run / "meta.json"
     if not meta.is_file():
         p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
@@ -70,9 +106,11 @@ def reference(src: Path, backbone: str, alpha: float, size: int, epochs: int) ->
     kw = dict(image_size=(size, size), batch_size=32, label_mode="categorical")
     train = keras.utils.image_dataset_from_directory(src / "train", shuffle=True, seed=0, **kw)
     val = keras.utils.image_dataset_from_directory(val_dir, shuffle=False, **kw)
-    apps = {"densenet121": (keras.applications.DenseNet121, keras.applications.densenet.preprocess_input),
-            "mobilenetv2": (keras.applications.MobileNetV2, keras.applications.mobilenet_v2.preprocess_input),
-            "resnet50": (keras.applications.ResNet50, keras.applications.resnet50.preprocess_input)}
+    apps = {
+        "densenet121": (keras.applications.DenseNet121, keras.applications.densenet.preprocess_input),
+        "mobilenetv2": (keras.applications.MobileNetV2, keras.applications.mobilenet_v2.preprocess_input),
+        "resnet50": (keras.applications.ResNet50, keras.applications.resnet50.preprocess_input),
+    }
     cls, prep = apps[backbone]
     extra = {"alpha": alpha} if backbone == "mobilenetv2" else {}
     inp = keras.Input((size, size, 3))
@@ -95,8 +133,11 @@ def main() -> None:
     ap.add_argument("--alpha", type=float, default=1.0, help="MobileNetV2 width (default: 1.0)")
     ap.add_argument("--size", type=int, default=96, help="input side (default: 96)")
     ap.add_argument("--epochs", type=int, default=5, help="the budget, in epochs over train/ (default: 5)")
-    ap.add_argument("--data", help="class folders with train/ and validation/ (default: ../shared/data/"
-                    "clothing-small, else data/clothing-small)")
+    ap.add_argument(
+        "--data",
+        help="class folders with train/ and validation/ (default: ../shared/data/"
+        "clothing-small, else data/clothing-small)",
+    )
     args = ap.parse_args()
     src = source(args.data)
     print(f"{src}: {args.size} px, {args.epochs} epochs from scratch", flush=True)

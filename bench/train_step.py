@@ -18,23 +18,20 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import tempfile
 from datetime import date
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+from common import StepTimer, plain_keras  # noqa: E402
 from fashion import losses, model as model_lib, pipeline  # noqa: E402
 from fashion.cli import generate_dataset_main  # noqa: E402
-from common import StepTimer, plain_keras  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "data" / "ccp-dev"
 LABELS = [f"label_{i}" for i in range(13)]
@@ -51,8 +48,11 @@ def ours(size: int, group: str, ds) -> keras.Model:
     m = model_lib.build_model(LABELS, image_size=size)
     model_lib.set_trainable(m, group, bn="train")
     names = model_lib.head_names(LABELS)
-    m.compile(optimizer=keras.optimizers.Adam(1e-3), loss={n: losses.HeadLoss("bce") for n in names},
-              loss_weights={n: 1.0 for n in names})
+    m.compile(
+        optimizer=keras.optimizers.Adam(1e-3),
+        loss={n: losses.HeadLoss("bce") for n in names},
+        loss_weights={n: 1.0 for n in names},
+    )
     return m
 
 
@@ -73,34 +73,67 @@ def main() -> None:
         train = pipeline.describe_split(tmp, "train")
         names = model_lib.head_names(LABELS)
         for size in (int(s) for s in args.sizes.split(",")):
-            real = pipeline.make_dataset(train.files, 13, image_size=size, batch_size=b, training=True,
-                                         output_names=names, cache=True).repeat()
+            real = pipeline.make_dataset(
+                train.files, 13, image_size=size, batch_size=b, training=True, output_names=names, cache=True
+            ).repeat()
             x8 = np.random.default_rng(0).integers(0, 256, (b, size, size, 3), dtype=np.uint8)
             yv = (np.random.default_rng(1).random((b, 13)) < 0.3).astype("float32")
-            synth = tf.data.Dataset.from_tensors((x8, {n: yv[:, i:i + 1] for i, n in enumerate(names)})).repeat()
+            synth = tf.data.Dataset.from_tensors((x8, {n: yv[:, i : i + 1] for i, n in enumerate(names)})).repeat()
             xf = x8.astype("float32") / 255.0
             for group in args.groups.split(","):
                 m = ours(size, group, real)
                 ref = plain_keras(size, group)
-                yd = {f"o{i}": yv[:, i:i + 1] for i in range(13)}
+                yd = {f"o{i}": yv[:, i : i + 1] for i in range(13)}
                 xs = np.concatenate([xf] * (args.warmup + args.steps))
                 ys = {k: np.concatenate([v] * (args.warmup + args.steps)) for k, v in yd.items()}
                 ra = rb = rc = 0.0
                 for _ in range(args.rounds):  # alternate, keep the best of each: load spikes hit all three alike
-                    ra = max(ra, steady_rate(lambda n, cb: m.fit(real, steps_per_epoch=n, epochs=1, verbose=0,
-                                                                 callbacks=[cb]), b, args.warmup, args.steps))
-                    rb = max(rb, steady_rate(lambda n, cb: m.fit(synth, steps_per_epoch=n, epochs=1, verbose=0,
-                                                                 callbacks=[cb]), b, args.warmup, args.steps))
-                    rc = max(rc, steady_rate(lambda n, cb: ref.fit(xs[:n * b], {k: v[:n * b] for k, v in ys.items()},
-                                                                   batch_size=b, epochs=1, verbose=0, shuffle=False,
-                                                                   callbacks=[cb]), b, args.warmup, args.steps))
+                    ra = max(
+                        ra,
+                        steady_rate(
+                            lambda n, cb: m.fit(real, steps_per_epoch=n, epochs=1, verbose=0, callbacks=[cb]),
+                            b,
+                            args.warmup,
+                            args.steps,
+                        ),
+                    )
+                    rb = max(
+                        rb,
+                        steady_rate(
+                            lambda n, cb: m.fit(synth, steps_per_epoch=n, epochs=1, verbose=0, callbacks=[cb]),
+                            b,
+                            args.warmup,
+                            args.steps,
+                        ),
+                    )
+                    rc = max(
+                        rc,
+                        steady_rate(
+                            lambda n, cb: ref.fit(
+                                xs[: n * b],
+                                {k: v[: n * b] for k, v in ys.items()},
+                                batch_size=b,
+                                epochs=1,
+                                verbose=0,
+                                shuffle=False,
+                                callbacks=[cb],
+                            ),
+                            b,
+                            args.warmup,
+                            args.steps,
+                        ),
+                    )
                 rows.append((size, group, ra, rb, rc))
                 print(f"{size:>4} {group:>5}: (a) {ra:7.1f}  (b) {rb:7.1f}  (c) {rc:7.1f} img/s", flush=True)
                 keras.backend.clear_session()
-    print(f"\ndate {date.today()}, {os.cpu_count()} cores, batch {b}, {args.steps} timed steps after {args.warmup}, "
-          f"best of {args.rounds} alternating rounds")
-    print(f"{'px':>4} {'layers':>6} {'(a) pipeline':>13} {'(b) synthetic':>14} {'(c) plain Keras':>16} "
-          f"{'a/b':>6} {'b/c':>6}")
+    print(
+        f"\ndate {date.today()}, {os.cpu_count()} cores, batch {b}, {args.steps} timed steps after {args.warmup}, "
+        f"best of {args.rounds} alternating rounds"
+    )
+    print(
+        f"{'px':>4} {'layers':>6} {'(a) pipeline':>13} {'(b) synthetic':>14} {'(c) plain Keras':>16} "
+        f"{'a/b':>6} {'b/c':>6}"
+    )
     for size, group, ra, rb, rc in rows:
         print(f"{size:>4} {group:>6} {ra:13.1f} {rb:14.1f} {rc:16.1f} {ra / rb:6.2f} {rb / rc:6.2f}")
 

@@ -2,7 +2,8 @@
 """GPU training-step benchmark: our model vs plain Keras, mixed precision, one process.
 
 Run (on a machine with a GPU; any Keras 3 backend, TensorFlow not required):
-    KERAS_BACKEND=jax python bench/train_step_gpu.py            (~5 min on one H100, compiles included)
+    KERAS_BACKEND=jax PYTHONPATH=. python bench/train_step_gpu.py   (~5 min on one H100, compiles included;
+        PYTHONPATH=. because a bare GPU machine has no `pip install -e .` of this project)
     KERAS_BACKEND=tensorflow .venv/bin/python bench/train_step_gpu.py --size 96 --steps 5  (CPU smoke run)
 
 What it measures, steady-state training images/s (first steps, which compile, excluded):
@@ -21,20 +22,14 @@ network), so there this runs on Keras' JAX backend: the same Keras model code, X
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from datetime import date
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
+import keras
+import numpy as np
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-
-from common import StepTimer, plain_keras  # noqa: E402
-from fashion import losses, model as model_lib  # noqa: E402
+from common import StepTimer, plain_keras
+from fashion import losses, model as model_lib
 
 LABELS = [f"label_{i}" for i in range(13)]
 
@@ -51,8 +46,11 @@ def ours(size: int, group: str) -> keras.Model:
     model_lib.set_trainable(m, group, bn="train")
     names = model_lib.head_names(LABELS)
     w = losses.head_weights([100 * (i + 1) for i in range(13)], 2000, "sqrt")
-    m.compile(optimizer=keras.optimizers.Adam(1e-3), loss={n: losses.HeadLoss("bce") for n in names},
-              loss_weights={n: float(w[i]) for i, n in enumerate(names)})
+    m.compile(
+        optimizer=keras.optimizers.Adam(1e-3),
+        loss={n: losses.HeadLoss("bce") for n in names},
+        loss_weights={n: float(w[i]) for i, n in enumerate(names)},
+    )
     return m
 
 
@@ -63,16 +61,17 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=64, help="batch size (default: 64)")
     ap.add_argument("--warmup", type=int, default=5, help="untimed first steps (default: 5)")
     ap.add_argument("--steps", type=int, default=30, help="timed steps (default: 30)")
-    ap.add_argument("--variants", default="ours,plain,fused,ours-fp32",
-                    help="what to run (default: ours,plain,fused,ours-fp32)")
+    ap.add_argument(
+        "--variants", default="ours,plain,fused,ours-fp32", help="what to run (default: ours,plain,fused,ours-fp32)"
+    )
     args = ap.parse_args()
     b, s, n = args.batch, args.size, args.warmup + args.steps
     rng = np.random.default_rng(0)
     x8 = rng.integers(0, 256, (n * b, s, s, 3), dtype=np.uint8)
     xf = x8.astype("float32") / 255.0
     yv = (rng.random((n * b, 13)) < 0.3).astype("float32")
-    y_ours = {nm: yv[:, i:i + 1] for i, nm in enumerate(model_lib.head_names(LABELS))}
-    y_plain = {f"o{i}": yv[:, i:i + 1] for i in range(13)}
+    y_ours = {nm: yv[:, i : i + 1] for i, nm in enumerate(model_lib.head_names(LABELS))}
+    y_plain = {f"o{i}": yv[:, i : i + 1] for i in range(13)}
     print(f"backend {keras.backend.backend()}, devices: {_devices()}", flush=True)
     rows = []
     for group in args.groups.split(","):
@@ -84,12 +83,16 @@ def main() -> None:
                 res[v] = rate(ours(s, group), x8, y_ours, b, args.warmup)
             else:
                 res[v] = rate(plain_keras(s, group, fused=v == "fused"), xf, y_plain, b, args.warmup)
-            print(f"{s} px {group:>5} {v:>9}: {res[v]:8.1f} img/s  ({time.perf_counter() - t0:.0f} s with compile)",
-                  flush=True)
+            print(
+                f"{s} px {group:>5} {v:>9}: {res[v]:8.1f} img/s  ({time.perf_counter() - t0:.0f} s with compile)",
+                flush=True,
+            )
             keras.backend.clear_session()
         rows.append((group, res))
-    print(f"\ndate {date.today()}, backend {keras.backend.backend()}, {_devices()}, {s} px, batch {b}, "
-          f"{args.steps} timed steps after {args.warmup}; mixed_float16 unless fp32")
+    print(
+        f"\ndate {date.today()}, backend {keras.backend.backend()}, {_devices()}, {s} px, batch {b}, "
+        f"{args.steps} timed steps after {args.warmup}; mixed_float16 unless fp32"
+    )
     for group, res in rows:
         line = "  ".join(f"{k} {v:.1f}" for k, v in res.items())
         ratios = []
@@ -106,11 +109,14 @@ def _devices() -> str:
     b = keras.backend.backend()
     if b == "jax":
         import jax
+
         return ", ".join(str(d.device_kind) for d in jax.devices())
     if b == "torch":
         import torch
+
         return torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
     import tensorflow as tf
+
     return ", ".join(d.name for d in tf.config.list_physical_devices()) or "cpu"
 
 

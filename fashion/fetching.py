@@ -16,6 +16,8 @@ import requests
 from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
+from .fileio import atomic_path
+
 USER_AGENT = "fashion-generate-dataset/0.1 (+requests)"
 RETRY_STATUS = (429, 500, 502, 503, 504)
 CHUNK = 64 * 1024
@@ -27,9 +29,17 @@ class FetchError(Exception):
 
 def make_session(retries: int = 3, pool_size: int = 16, backoff: float = 0.5) -> requests.Session:
     """A pooled session that retries connection errors, read timeouts and 429/5xx with backoff."""
-    retry = Retry(total=retries, connect=retries, read=retries, status=retries, backoff_factor=backoff,
-                  status_forcelist=RETRY_STATUS, allowed_methods=("GET",), respect_retry_after_header=True,
-                  raise_on_status=False)
+    retry = Retry(
+        total=retries,
+        connect=retries,
+        read=retries,
+        status=retries,
+        backoff_factor=backoff,
+        status_forcelist=RETRY_STATUS,
+        allowed_methods=("GET",),
+        respect_retry_after_header=True,
+        raise_on_status=False,
+    )
     adapter = HTTPAdapter(pool_connections=pool_size, pool_maxsize=pool_size, max_retries=retry)
     session = requests.Session()
     session.mount("http://", adapter)
@@ -41,9 +51,17 @@ def make_session(retries: int = 3, pool_size: int = 16, backoff: float = 0.5) ->
 class Fetcher:
     """Thread-safe byte source for items: local reads, cached HTTP downloads."""
 
-    def __init__(self, *, timeout: float = 10.0, connect_timeout: float = 5.0, retries: int = 3,
-                 max_bytes: int = 20 << 20, min_bytes: int = 5 << 10, pool_size: int = 16,
-                 cache_dir: str | None = None):
+    def __init__(
+        self,
+        *,
+        timeout: float = 10.0,
+        connect_timeout: float = 5.0,
+        retries: int = 3,
+        max_bytes: int = 20 << 20,
+        min_bytes: int = 5 << 10,
+        pool_size: int = 16,
+        cache_dir: str | None = None,
+    ):
         self.timeout, self.connect_timeout = timeout, connect_timeout
         self.max_bytes, self.min_bytes = max_bytes, min_bytes
         self.session = make_session(retries, pool_size)
@@ -101,18 +119,14 @@ class Fetcher:
         return data
 
     def _cache_write(self, path: Path, data: bytes) -> None:
-        """Temp name + rename: a kill mid-write never leaves a partial file under the final name."""
+        """Temp name + rename: a kill mid-write never leaves a partial file under the final name.
+
+        No fsync: it is a cache, and a file lost to a crash is downloaded again."""
         if path.parent not in self._dirs:
             path.parent.mkdir(parents=True, exist_ok=True)
             self._dirs.add(path.parent)
-        tmp = path.with_name(f".{path.name}.{threading.get_ident()}.tmp")
-        try:
-            with open(tmp, "wb") as f:
-                f.write(data)
-            os.replace(tmp, path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+        with atomic_path(path) as tmp:
+            tmp.write_bytes(data)
 
     def _download(self, url: str) -> bytes:
         timeout = (self.connect_timeout, self.timeout)
@@ -148,4 +162,3 @@ class Fetcher:
 def _short(e: Exception, n: int = 160) -> str:
     text = str(e).replace("\n", " ")
     return text if len(text) <= n else text[: n - 3] + "..."
-

@@ -79,8 +79,12 @@ def _reduction(width: int, height: int, target: int) -> int:
     return 1
 
 
-_REDUCED = {1: cv2.IMREAD_COLOR, 2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4,
-            8: cv2.IMREAD_REDUCED_COLOR_8}
+_REDUCED = {
+    1: cv2.IMREAD_COLOR,
+    2: cv2.IMREAD_REDUCED_COLOR_2,
+    4: cv2.IMREAD_REDUCED_COLOR_4,
+    8: cv2.IMREAD_REDUCED_COLOR_8,
+}
 
 
 def decode_rgb(data: bytes, *, target: int = 0, min_side: int = 1, max_pixels: int = 64_000_000) -> np.ndarray:
@@ -172,7 +176,7 @@ def resize(img: np.ndarray, size: int, mode: str = "crop") -> np.ndarray:
     if mode == "keep":
         return out
     top, left = (nh - size) // 2, (nw - size) // 2
-    return np.ascontiguousarray(out[top:top + size, left:left + size])
+    return np.ascontiguousarray(out[top : top + size, left : left + size])
 
 
 def _interp(src: int, dst: int) -> int:
@@ -187,8 +191,9 @@ def encode_jpeg(rgb: np.ndarray, quality: int = 95) -> bytes:
     return buf.tobytes()
 
 
-def process(data: bytes, *, size: int, mode: str = "crop", quality: int = 95, min_side: int = 1,
-            max_pixels: int = 64_000_000) -> tuple[bytes, int, int]:
+def process(
+    data: bytes, *, size: int, mode: str = "crop", quality: int = 95, min_side: int = 1, max_pixels: int = 64_000_000
+) -> tuple[bytes, int, int]:
     """Bytes in, (JPEG bytes, height, width) out: the whole per-image step of ingestion."""
     rgb = decode_rgb(data, target=size, min_side=min_side, max_pixels=max_pixels)
     out = resize(rgb, size, mode)

@@ -6,160 +6,53 @@ and renamed when complete, and its bookkeeping is kept in `OUT/.partial/`
 until the manifest is written last. Kill the process at any point and rerun
 the same command: finished shards are kept, downloads come from the cache,
 and every good line ends up in the dataset exactly once.
+
+The path of the data: read the list (sources, review) -> plan the shards (shards)
+-> claim `OUT/.partial/` -> write the shards (workers: fetching, imaging; records)
+-> finalize the manifest. `verify` lives beside the record format, in records.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 import shlex
 import shutil
-import multiprocessing
-import signal
 import sys
-import threading
 import time
-from collections import Counter, deque
-from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 import numpy as np
 from tqdm import tqdm
 
-from . import fileio, imaging, records, reports, review, sources, splits
+from . import fileio, records, reports, review, sources, workers
 from .config import IngestConfig
 from .errors import EXIT_FAILURES, EXIT_FATAL, EXIT_INTERRUPTED, EXIT_OK, IngestError
-from .fetching import FetchError, Fetcher
+from .records import verify
+from .shards import ShardPlan, fingerprint, plan_shards
 from .sources import Failure, Item, ParsedList, open_list, parse_list, read_label_names
+
+# cli.py and tests/test_resume.py import these from here: `verify` lives in records,
+# `IngestError` and the exit codes in errors; the names stay importable from ingest.
+__all__ = ["EXIT_FATAL", "Ingest", "IngestError", "command_line", "verify"]
 
 PARTIAL = ".partial"
 
 
 @dataclass
-class ShardPlan:
-    split: str
-    index: int
-    total: int
-    part: str
-    items: list[Item]
+class Part:
+    """What this run adds to the dataset: one entry of the manifest's `parts`, and its shards."""
 
-    @property
-    def name(self) -> str:
-        return records.shard_name(self.split, self.index, self.total, self.part)
+    tag: str  # "" for a new dataset; "a01", "a02"... for each --append (in the shard names)
+    fingerprint: str
+    labels: list[str]
+    skipped: list[Failure]  # lines not written: bad lines, ids the dataset already holds
+    plans: list[ShardPlan] = field(default_factory=list)
 
-
-# --------------------------------------------------------------------------- planning
-
-def _content_options(cfg: IngestConfig) -> dict[str, Any]:
-    """Options that change what ends up in the records (a rerun must match them)."""
-    keys = ("image_size", "resize", "quality", "min_side", "max_pixels", "min_bytes", "max_bytes",
-            "val_fraction", "val_count", "seed", "shard_size")
-    return {k: getattr(cfg, k) for k in keys}
-
-
-def fingerprint(cfg: IngestConfig, labels: list[str], items: list[Item]) -> str:
-    h = hashlib.sha256(json.dumps([_content_options(cfg), labels], sort_keys=True).encode())
-    for it in items:
-        given = f"\t{it.split}" if it.split else ""  # unchanged for the list formats (their reruns match)
-        h.update(f"{it.id}\t{it.source}\t{''.join(map(str, it.labels))}{given}\n".encode())
-    return h.hexdigest()[:16]
-
-
-def plan_shards(items: list[Item], cfg: IngestConfig, part: str, shuffle: bool = False) -> list[ShardPlan]:
-    """Split the items, then cut each split into shards of `shard_size` in list order.
-
-    Items whose split the source fixed (train/val/test folders or lists) keep it; the others are
-    split by `split_indices`. `shuffle` mixes each split's order with `--seed` (folder sources come
-    sorted by class, and a class-sorted shard would starve the training shuffle buffer).
-    """
-    free = [i for i, it in enumerate(items) if not it.split]
-    width = len(items[0].labels) if items else 0
-    y = np.array([items[i].labels for i in free], dtype=int).reshape(len(free), width)
-    train_idx, val_idx = splits.split_indices(y, val_fraction=cfg.val_fraction, val_count=cfg.val_count,
-                                              seed=cfg.seed)
-    assigned = {free[i]: "train" for i in train_idx} | {free[i]: "val" for i in val_idx}
-    plans: list[ShardPlan] = []
-    for split in records.ALL_SPLITS:
-        chosen = [it for i, it in enumerate(items) if (it.split or assigned.get(i)) == split]
-        if shuffle:
-            rng = np.random.default_rng([cfg.seed, records.ALL_SPLITS.index(split)])
-            chosen = [chosen[i] for i in rng.permutation(len(chosen))]
-        total = max(1, -(-len(chosen) // cfg.shard_size)) if chosen else 0
-        for s in range(total):
-            plans.append(ShardPlan(split, s, total, part, chosen[s * cfg.shard_size:(s + 1) * cfg.shard_size]))
-    return plans
-
-
-# --------------------------------------------------------------------------- per-image work
-
-def make_worker(cfg: IngestConfig, fetcher: Fetcher, pool: ProcessPoolExecutor | None):
-    """The per-item function run in the pool: fetch, verify, resize, encode, serialize."""
-
-    options = dict(size=cfg.image_size, mode=cfg.resize, quality=cfg.quality, min_side=cfg.min_side,
-                   max_pixels=cfg.max_pixels)
-
-    def work(item: Item) -> tuple[Item, bytes | None, Failure | None]:
-        try:
-            data = fetcher.fetch(item.source)
-            # Threads wait on the network; decoding runs in one process per core, because the
-            # GIL-bound parts of a threaded decoder held it to ~1.5 of 2 cores (measured).
-            if pool is None:
-                jpeg, h, w = imaging.process(data, **options)
-            else:
-                jpeg, h, w = pool.submit(imaging.process, data, **options).result()
-            example = records.make_example(jpeg, id=item.id, source=item.source, height=h, width=w,
-                                           labels=item.labels)
-            return item, example, None
-        except (FetchError, imaging.ImageError) as e:
-            return item, None, Failure(item.id, item.source, str(e), item.line)
-        except Exception as e:  # one bad file must never stop the run
-            return item, None, Failure(item.id, item.source, f"error: {type(e).__name__}: {e}", item.line)
-
-    return work
-
-
-def _decoder_init(parent: int) -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is handled once, by the parent
-
-    def watch() -> None:  # a SIGKILLed parent cannot stop us: leave when it is gone
-        while os.getppid() == parent:
-            time.sleep(0.5)
-        os._exit(0)
-
-    threading.Thread(target=watch, daemon=True).start()
-
-
-def decoder_pool(n_images: int) -> ProcessPoolExecutor | None:
-    """One decoding process per core; none for tiny jobs or one core (start-up would dominate)."""
-    cores = os.cpu_count() or 1
-    if cores < 2 or n_images < 64:
-        return None
-    # spawn, not fork: the parent already runs TensorFlow's threads.
-    return ProcessPoolExecutor(cores, mp_context=multiprocessing.get_context("spawn"),
-                               initializer=_decoder_init, initargs=(os.getpid(),))
-
-
-def ordered_map(fn, items: Iterable[Item], workers: int, window: int) -> Iterator[Any]:
-    """Like `executor.map`, but with at most `window` items in flight (memory stays flat)."""
-    ex = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fetch")
-    pending: deque[Future] = deque()
-    try:
-        for it in items:
-            pending.append(ex.submit(fn, it))
-            if len(pending) >= window:
-                yield pending.popleft().result()
-        while pending:
-            yield pending.popleft().result()
-    finally:
-        # On Ctrl-C or an error: drop queued work; running downloads end within their timeout.
-        ex.shutdown(wait=False, cancel_futures=True)
-
-
-# --------------------------------------------------------------------------- the job
 
 class Ingest:
     def __init__(self, cfg: IngestConfig, command: str):
@@ -170,87 +63,39 @@ class Ingest:
         self.task = "multilabel"
         self.review_info: dict[str, Any] | None = None
 
-    # ---- state files in OUT/.partial/
-    def _state_path(self, plan: ShardPlan) -> Path:
-        return self.partial / f"{plan.name}.json"
-
-    def _shard_done(self, plan: ShardPlan) -> dict[str, Any] | None:
-        state_path, shard = self._state_path(plan), self.out / plan.name
-        if not (state_path.is_file() and shard.is_file()):
-            return None
-        try:
-            state = json.loads(state_path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            return None
-        return state if state.get("bytes") == shard.stat().st_size else None
-
     @property
     def source_name(self) -> str:
         c = self.cfg
         return c.from_folders or c.from_lists or c.from_urls or c.list
 
     def run(self) -> int:
-        cfg = self.cfg
         existing = self._existing_manifest()
-        labels = self._label_names(existing)
-        parsed = self._read_list(labels)
-        self.task = parsed.task
-        if existing is not None and existing.get("task", "multilabel") != parsed.task:
-            raise IngestError(f"{self.out} holds a {existing.get('task', 'multilabel')} dataset; "
-                              f"{self.source_name} gives {parsed.task} labels")
-        for note in parsed.notes:
-            print(note)
-        self.review_info = self._apply_review(parsed)
-        line_failures = list(parsed.failures)
-        items = parsed.items
-        labels = parsed.label_names
-        if cfg.strict and line_failures:
-            for f in line_failures:
-                print(f"error: {self.source_name}: {f.reason}", file=sys.stderr)
-            raise IngestError(f"{len(line_failures)} bad line(s) and --strict is set: nothing written")
-        for f in line_failures:
-            tqdm.write(f"warning: {self.source_name}: {f.reason}", file=sys.stderr)
+        parsed = self._read_source(existing)
         # Fingerprint the list as given, before ids already in the dataset are dropped,
         # so a rerun of an interrupted --append recognises its own unfinished work.
-        fp = fingerprint(cfg, labels, items)
-        if existing is not None and any(p.get("fingerprint") == fp for p in existing.get("parts", [])):
-            shutil.rmtree(self.partial, ignore_errors=True)
-            print(f"{self.out}: already holds the records of this exact command (fingerprint {fp}); nothing to do")
+        fp = fingerprint(self.cfg, parsed.label_names, parsed.items)
+        if self._already_holds(existing, fp):
             return EXIT_OK
-        if existing is not None and cfg.append:
-            items, dupes = self._drop_known_ids(items, existing)
-            line_failures += dupes
-        part = self._part_tag(existing)
-        self._claim_partial(fp)
-        plans = plan_shards(items, cfg, part, shuffle=parsed.task == "multiclass")
-        if not items:
-            print("warning: no usable line in the list", file=sys.stderr)
+        part = self._plan(existing, parsed, fp)
 
         records.load_tensorflow()  # ~2 s: before the clock and the progress bar start
         started = time.perf_counter()
         interrupted = False
         try:
-            processed = self._write_shards(plans)
+            processed = self._write_shards(part.plans)
         except KeyboardInterrupt:
             interrupted = True
         if interrupted:
-            done = sum(1 for p in plans if self._shard_done(p))
-            print(f"\ninterrupted: {done}/{len(plans)} shard(s) complete and kept in {self.out}; "
-                  f"rerun the same command to finish (downloads are cached)", file=sys.stderr)
-            return EXIT_INTERRUPTED
+            return self._interrupted(part.plans)
         elapsed = time.perf_counter() - started
 
-        states = [self._shard_done(p) for p in plans]
-        if any(s is None for s in states):  # cannot happen unless files were removed under us
-            raise IngestError(f"{self.out}: a shard vanished while writing; rerun the same command")
-        manifest = self._finalize(existing, labels, plans, states, line_failures, fp, part)
-        image_failures = [Failure(**f) for s in states for f in s["failures"]]
-        all_failures = line_failures + image_failures
-        reports.print_ingest_summary(manifest, all_failures, processed, elapsed, self._written_labels(states),
-                                     out=self.out)
+        states = self._shard_states(part.plans)
+        manifest = self._finalize(existing, part, states)
+        all_failures = part.skipped + _image_failures(states)
+        reports.print_ingest_summary(manifest, all_failures, processed, elapsed, _written_labels(states), out=self.out)
         return EXIT_FAILURES if all_failures else EXIT_OK
 
-    # ---- steps
+    # ---- the output folder as found
     def _existing_manifest(self) -> dict[str, Any] | None:
         cfg = self.cfg
         has_manifest = (self.out / records.MANIFEST).is_file()
@@ -272,6 +117,34 @@ class Ingest:
         for name in (records.MANIFEST, records.FAILURES, records.INDEX):
             (self.out / name).unlink(missing_ok=True)
         shutil.rmtree(self.partial, ignore_errors=True)
+
+    def _already_holds(self, existing: dict[str, Any] | None, fp: str) -> bool:
+        if existing is None or not any(p.get("fingerprint") == fp for p in existing.get("parts", [])):
+            return False
+        shutil.rmtree(self.partial, ignore_errors=True)
+        print(f"{self.out}: already holds the records of this exact command (fingerprint {fp}); nothing to do")
+        return True
+
+    # ---- step 1: read the list
+    def _read_source(self, existing: dict[str, Any] | None) -> ParsedList:
+        """The source as parsed and reviewed; its bad lines warned about (or fatal with --strict)."""
+        parsed = self._read_list(self._label_names(existing))
+        self.task = parsed.task
+        if existing is not None and existing.get("task", "multilabel") != parsed.task:
+            raise IngestError(
+                f"{self.out} holds a {existing.get('task', 'multilabel')} dataset; "
+                f"{self.source_name} gives {parsed.task} labels"
+            )
+        for note in parsed.notes:
+            print(note)
+        self.review_info = self._apply_review(parsed)
+        if self.cfg.strict and parsed.failures:
+            for f in parsed.failures:
+                print(f"error: {self.source_name}: {f.reason}", file=sys.stderr)
+            raise IngestError(f"{len(parsed.failures)} bad line(s) and --strict is set: nothing written")
+        for f in parsed.failures:
+            tqdm.write(f"warning: {self.source_name}: {f.reason}", file=sys.stderr)
+        return parsed
 
     def _label_names(self, existing: dict[str, Any] | None) -> list[str] | None:
         names = read_label_names(self.cfg.labels) if self.cfg.labels else None
@@ -295,8 +168,10 @@ class Ingest:
         with stream:
             parsed = parse_list(stream, base, labels, name=self.cfg.list)
         if labels is not None and parsed.items and len(parsed.items[0].labels) != len(labels):
-            raise IngestError(f"{self.cfg.list}: lines carry {len(parsed.items[0].labels)} labels but "
-                              f"{len(labels)} label names are set")
+            raise IngestError(
+                f"{self.cfg.list}: lines carry {len(parsed.items[0].labels)} labels but "
+                f"{len(labels)} label names are set"
+            )
         return parsed
 
     def _apply_review(self, parsed: ParsedList) -> dict[str, Any] | None:
@@ -307,10 +182,30 @@ class Ingest:
         result = review.apply_review(parsed, rv)
         print(result.summary(self.cfg.apply_review))
         if result.unknown:
-            print(f"warning: {self.cfg.apply_review}: {result.unknown} id(s) are not in {self.source_name} "
-                  f"(ignored)", file=sys.stderr)
-        return {"file": self.cfg.apply_review, "sha256": rv.sha256, "dropped": result.dropped,
-                "relabelled": result.relabelled, "unknown_ids": result.unknown}
+            print(
+                f"warning: {self.cfg.apply_review}: {result.unknown} id(s) are not in {self.source_name} (ignored)",
+                file=sys.stderr,
+            )
+        return {
+            "file": self.cfg.apply_review,
+            "sha256": rv.sha256,
+            "dropped": result.dropped,
+            "relabelled": result.relabelled,
+            "unknown_ids": result.unknown,
+        }
+
+    # ---- step 2: plan, and claim OUT/.partial/ for it
+    def _plan(self, existing: dict[str, Any] | None, parsed: ParsedList, fp: str) -> Part:
+        items, skipped = parsed.items, list(parsed.failures)
+        if existing is not None and self.cfg.append:
+            items, dupes = self._drop_known_ids(items, existing)
+            skipped += dupes
+        part = Part(self._part_tag(existing), fp, parsed.label_names, skipped)
+        self._claim_partial(fp)
+        part.plans = plan_shards(items, self.cfg, part.tag, shuffle=parsed.task == "multiclass")
+        if not items:
+            print("warning: no usable line in the list", file=sys.stderr)
+        return part
 
     def _drop_known_ids(self, items: list[Item], existing: dict[str, Any]) -> tuple[list[Item], list[Failure]]:
         known = {row[0] for row in _committed_index(self.out, existing)}
@@ -318,8 +213,9 @@ class Ingest:
         for it in items:
             if it.id in known:
                 where = f"line {it.line}: " if it.line else ""
-                dupes.append(Failure(it.id, it.source, f"duplicate id: {where}id '{it.id}' is already "
-                                                       f"in {self.out}", it.line))
+                dupes.append(
+                    Failure(it.id, it.source, f"duplicate id: {where}id '{it.id}' is already in {self.out}", it.line)
+                )
             else:
                 keep.append(it)
         return keep, dupes
@@ -340,89 +236,116 @@ class Ingest:
             if not self.cfg.overwrite:
                 raise IngestError(
                     f"{self.out} holds an unfinished run of another command:\n  {old.get('command')}\n"
-                    f"rerun that command to finish it, or add --overwrite to start again")
+                    f"rerun that command to finish it, or add --overwrite to start again"
+                )
             shutil.rmtree(self.partial)
         elif (self.out / records.MANIFEST).is_file() and not self.cfg.append:
-            raise IngestError(f"{self.out} already holds a dataset made by another command; "
-                              f"use --append to add records or --overwrite to replace it")
+            raise IngestError(
+                f"{self.out} already holds a dataset made by another command; "
+                f"use --append to add records or --overwrite to replace it"
+            )
         self.partial.mkdir(parents=True, exist_ok=True)
-        for stale in self.out.glob(".*.tfrecord.tmp"):  # half-written shards of a killed run
+        for stale in self.out.glob(records.SHARD_TMP_GLOB):  # half-written shards of a killed run
             stale.unlink()
         fileio.atomic_write_json(plan_file, {"fingerprint": fp, "command": self.command})
 
+    # ---- step 3: write the shards (state files in OUT/.partial/)
+    def _state_path(self, plan: ShardPlan) -> Path:
+        return self.partial / f"{plan.name}.json"
+
+    def _shard_done(self, plan: ShardPlan) -> dict[str, Any] | None:
+        state_path, shard = self._state_path(plan), self.out / plan.name
+        if not (state_path.is_file() and shard.is_file()):
+            return None
+        try:
+            state = json.loads(state_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        return state if state.get("bytes") == shard.stat().st_size else None
+
     def _write_shards(self, plans: list[ShardPlan]) -> int:
-        cfg = self.cfg
+        """Every shard not finished by an earlier run; returns the number of images processed."""
         todo = [p for p in plans if self._shard_done(p) is None]
         n_total = sum(len(p.items) for p in plans)
         n_todo = sum(len(p.items) for p in todo)
-        fetcher = Fetcher(timeout=cfg.timeout, connect_timeout=cfg.connect_timeout, retries=cfg.retries,
-                          max_bytes=cfg.max_bytes, min_bytes=cfg.min_bytes, pool_size=cfg.workers,
-                          cache_dir=cfg.cache)
         n_labels = len(plans[0].items[0].labels) if plans and plans[0].items else 0
-        failed = 0
-        bar = tqdm(total=n_total, initial=n_total - n_todo, unit="img", desc="ingest", dynamic_ncols=True,
-                   smoothing=0.05)
-        pool = decoder_pool(n_todo)
-        results = ordered_map(make_worker(cfg, fetcher, pool), (it for p in todo for it in p.items),
-                              workers=cfg.workers, window=cfg.workers * 4)
-        try:
+        items = (it for p in todo for it in p.items)
+        with workers.processed(self.cfg, items, n_todo) as results, _Progress(n_total, n_total - n_todo) as bar:
             for plan in todo:
-                writer = records.ShardWriter(self.out, plan.name, n_labels)
-                fails: list[dict[str, Any]] = []
-                index: list[list[str]] = []
-                try:
-                    for _ in plan.items:
-                        item, example, failure = next(results)
-                        if failure is not None:
-                            fails.append(asdict(failure))
-                            failed += 1
-                            where = f"line {item.line} ({item.id})" if item.line else item.id
-                            tqdm.write(f"skipped {where}: {failure.reason}", file=sys.stderr)
-                        else:
-                            writer.write(example, item.labels)
-                            index.append([item.id, plan.split, plan.name, item.source,
-                                          "".join(map(str, item.labels))])
-                        bar.update(1)
-                        bar.set_postfix(failed=failed, refresh=False)
-                    result = writer.close()
-                except BaseException:
-                    writer.abort()
-                    raise
-                fileio.atomic_write_json(self._state_path(plan), {**asdict(result), "split": plan.split,
-                                                                   "failures": fails, "index": index})
-        finally:
-            results.close()
-            bar.close()
-            fetcher.close()
-            if pool is not None:
-                pool.shutdown(wait=False, cancel_futures=True)
+                self._write_shard(plan, n_labels, results, bar)
         return n_todo
 
-    def _written_labels(self, states: list[dict[str, Any]]) -> np.ndarray:
-        rows = [[int(c) for c in r[4]] for s in states for r in s["index"]]
-        return np.array(rows, dtype=int)
+    def _write_shard(self, plan: ShardPlan, n_labels: int, results: Iterator[workers.Result], bar: _Progress) -> None:
+        """One shard from the next `len(plan.items)` results, then its state file."""
+        writer = records.ShardWriter(self.out, plan.name, n_labels)
+        fails: list[dict[str, Any]] = []
+        index: list[list[str]] = []
+        try:
+            for _ in plan.items:
+                item, example, failure = next(results)
+                if failure is not None:
+                    fails.append(asdict(failure))
+                    bar.skipped(item, failure)
+                else:
+                    writer.write(example, item.labels)
+                    index.append([item.id, plan.split, plan.name, item.source, "".join(map(str, item.labels))])
+                bar.step()
+            result = writer.close()
+        except BaseException:
+            writer.abort()
+            raise
+        fileio.atomic_write_json(
+            self._state_path(plan), {**asdict(result), "split": plan.split, "failures": fails, "index": index}
+        )
 
-    def _finalize(self, existing, labels, plans, states, line_failures, fp, part) -> dict[str, Any]:
+    def _interrupted(self, plans: list[ShardPlan]) -> int:
+        done = sum(1 for p in plans if self._shard_done(p))
+        print(
+            f"\ninterrupted: {done}/{len(plans)} shard(s) complete and kept in {self.out}; "
+            f"rerun the same command to finish (downloads are cached)",
+            file=sys.stderr,
+        )
+        return EXIT_INTERRUPTED
+
+    # ---- step 4: finalize the manifest
+    def _shard_states(self, plans: list[ShardPlan]) -> list[dict[str, Any]]:
+        states = [self._shard_done(p) for p in plans]
+        if any(s is None for s in states):  # cannot happen unless files were removed under us
+            raise IngestError(f"{self.out}: a shard vanished while writing; rerun the same command")
+        return states
+
+    def _finalize(self, existing: dict[str, Any] | None, part: Part, states: list[dict[str, Any]]) -> dict[str, Any]:
         """failures.csv and index.csv first, dataset.json last (its presence means complete)."""
-        cfg = self.cfg
         # Only rows the previous manifest vouches for: a kill between the CSV writes and the
         # manifest's must not count this run's rows twice on the rerun.
-        old_fail = fileio.read_csv_rows(self.out / records.FAILURES)[:existing["failures"]] if existing else []
+        old_fail = fileio.read_csv_rows(self.out / records.FAILURES)[: existing["failures"]] if existing else []
         old_index = _committed_index(self.out, existing) if existing else []
+        new_failures = part.skipped + _image_failures(states)
+        manifest = self._updated_manifest(existing, part, states, new_failures)
+
+        fileio.atomic_write_text(
+            self.out / records.FAILURES,
+            fileio.csv_text(["id", "source", "reason"], old_fail + [[f.id, f.source, f.reason] for f in new_failures]),
+        )
+        fileio.atomic_write_text(
+            self.out / records.INDEX,
+            fileio.csv_text(
+                ["id", "split", "shard", "source", "labels"], old_index + [r for s in states for r in s["index"]]
+            ),
+        )
+        fileio.atomic_write_json(self.out / records.MANIFEST, manifest)
+        shutil.rmtree(self.partial, ignore_errors=True)
+        return manifest
+
+    def _updated_manifest(
+        self, existing: dict[str, Any] | None, part: Part, states: list[dict[str, Any]], new_failures: list[Failure]
+    ) -> dict[str, Any]:
+        """`existing` (or a new manifest) with this part's shards, counts and command added."""
+        labels = part.labels
         now = datetime.now(timezone.utc).isoformat(timespec="seconds")
-        manifest = existing or {
-            "schema_version": records.SCHEMA_VERSION, "task": self.task, "labels": labels,
-            "num_classes": len(labels),
-            "image_size": cfg.image_size, "resize": cfg.resize, "quality": cfg.quality, "format": "jpeg",
-            "features": {"image": records.F_IMAGE, "id": records.F_ID, "source": records.F_SOURCE,
-                         "height": records.F_HEIGHT, "width": records.F_WIDTH, "labels": records.F_LABELS},
-            "splits": {s: {"records": 0, "positives": [0] * len(labels), "shards": []} for s in records.SPLITS},
-            "failures": 0, "created": now, "commands": [], "parts": [], "config": cfg.to_dict(),
-        }
-        new_failures = line_failures + [Failure(**f) for s in states for f in s["failures"]]
-        for plan, st in zip(plans, states):
-            sp = manifest["splits"].setdefault(plan.split, {"records": 0, "positives": [0] * len(labels),
-                                                            "shards": []})
+        manifest = existing or self._new_manifest(labels, now)
+        for plan, st in zip(part.plans, states):
+            sp = manifest["splits"].setdefault(plan.split, {"records": 0, "positives": [0] * len(labels), "shards": []})
             sp["records"] += st["records"]
             sp["positives"] = [a + b for a, b in zip(sp["positives"], st["positives"])]
             sp["shards"].append({k: st[k] for k in ("name", "records", "sha256", "bytes")})
@@ -434,18 +357,67 @@ class Ingest:
         manifest["records"] = sum(sp["records"] for sp in manifest["splits"].values())
         manifest["updated"] = now
         manifest["commands"].append(self.command)
-        manifest["parts"].append({"tag": part, "fingerprint": fp, "command": self.command,
-                                  "records": sum(s["records"] for s in states), "failures": len(new_failures),
-                                  **({"review": self.review_info} if self.review_info else {})})
-
-        fileio.atomic_write_text(self.out / records.FAILURES, fileio.csv_text(
-            ["id", "source", "reason"], old_fail + [[f.id, f.source, f.reason] for f in new_failures]))
-        fileio.atomic_write_text(self.out / records.INDEX, fileio.csv_text(
-            ["id", "split", "shard", "source", "labels"],
-            old_index + [r for s in states for r in s["index"]]))
-        fileio.atomic_write_json(self.out / records.MANIFEST, manifest)
-        shutil.rmtree(self.partial, ignore_errors=True)
+        manifest["parts"].append(
+            {
+                "tag": part.tag,
+                "fingerprint": part.fingerprint,
+                "command": self.command,
+                "records": sum(s["records"] for s in states),
+                "failures": len(new_failures),
+                **({"review": self.review_info} if self.review_info else {}),
+            }
+        )
         return manifest
+
+    def _new_manifest(self, labels: list[str], now: str) -> dict[str, Any]:
+        cfg = self.cfg
+        return {
+            "schema_version": records.SCHEMA_VERSION,
+            "task": self.task,
+            "labels": labels,
+            "num_classes": len(labels),
+            "image_size": cfg.image_size,
+            "resize": cfg.resize,
+            "quality": cfg.quality,
+            "format": "jpeg",
+            "features": {
+                "image": records.F_IMAGE,
+                "id": records.F_ID,
+                "source": records.F_SOURCE,
+                "height": records.F_HEIGHT,
+                "width": records.F_WIDTH,
+                "labels": records.F_LABELS,
+            },
+            "splits": {s: {"records": 0, "positives": [0] * len(labels), "shards": []} for s in records.SPLITS},
+            "failures": 0,
+            "created": now,
+            "commands": [],
+            "parts": [],
+            "config": cfg.to_dict(),
+        }
+
+
+class _Progress:
+    """The ingest bar: images done (those of shards an earlier run finished count as done), skipped so far."""
+
+    def __init__(self, total: int, done: int):
+        self.bar = tqdm(total=total, initial=done, unit="img", desc="ingest", dynamic_ncols=True, smoothing=0.05)
+        self.failed = 0
+
+    def __enter__(self) -> _Progress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.bar.close()
+
+    def skipped(self, item: Item, failure: Failure) -> None:
+        self.failed += 1
+        where = f"line {item.line} ({item.id})" if item.line else item.id
+        tqdm.write(f"skipped {where}: {failure.reason}", file=sys.stderr)
+
+    def step(self) -> None:
+        self.bar.update(1)
+        self.bar.set_postfix(failed=self.failed, refresh=False)
 
 
 def _committed_index(out: Path, manifest: dict[str, Any]) -> list[list[str]]:
@@ -454,75 +426,13 @@ def _committed_index(out: Path, manifest: dict[str, Any]) -> list[list[str]]:
     return [r for r in fileio.read_csv_rows(out / records.INDEX) if len(r) > 2 and r[2] in shards]
 
 
-# --------------------------------------------------------------------------- verification
+def _image_failures(states: list[dict[str, Any]]) -> list[Failure]:
+    return [Failure(**f) for s in states for f in s["failures"]]
 
-def verify(folder: str | Path) -> int:
-    """Re-read every shard (CRC), decode every image, check counts and hashes against the manifest."""
-    import cv2
 
-    folder = Path(folder)
-    try:
-        manifest = records.load_manifest(folder)
-    except (FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_FATAL
-    problems: list[str] = []
-    n_labels = manifest["num_classes"]
-    multiclass = manifest.get("task", "multilabel") == "multiclass"
-    ids: Counter[str] = Counter()
-    total = manifest.get("records", sum(s["records"] for s in manifest["splits"].values()))
-    bar = tqdm(total=total, unit="rec", desc="verify", dynamic_ncols=True)
-    for split, info in manifest["splits"].items():
-        positives = [0] * n_labels
-        count = 0
-        for shard in info["shards"]:
-            path = folder / shard["name"]
-            if not path.is_file():
-                problems.append(f"{shard['name']}: missing")
-                continue
-            digest = fileio.sha256_file(path)
-            if digest != shard["sha256"]:
-                problems.append(f"{shard['name']}: sha256 {digest[:12]}… does not match the manifest "
-                                f"({shard['sha256'][:12]}…)")
-            n = 0
-            try:
-                for rec in records.iter_records([path], n_labels):
-                    n += 1
-                    bar.update(1)
-                    ids[rec["id"]] += 1
-                    if len(rec["labels"]) != n_labels:
-                        problems.append(f"{shard['name']}: record {n} ({rec['id']}) has {len(rec['labels'])} "
-                                        f"labels, expected {n_labels}")
-                    positives = [a + b for a, b in zip(positives, rec["labels"])]
-                    if multiclass and sum(rec["labels"]) != 1:
-                        problems.append(f"{shard['name']}: record {n} ({rec['id']}) has {sum(rec['labels'])} "
-                                        f"positive labels; a multiclass dataset has exactly one")
-                    img = cv2.imdecode(np.frombuffer(rec["image"], np.uint8), cv2.IMREAD_COLOR)
-                    if img is None:
-                        problems.append(f"{shard['name']}: record {n} ({rec['id']}): image does not decode")
-            except Exception as e:  # tf raises DataLossError on a CRC mismatch or truncation
-                problems.append(f"{shard['name']}: unreadable after record {n}: {type(e).__name__}: "
-                                f"{str(e).splitlines()[0][:200]}")
-            if n != shard["records"]:
-                problems.append(f"{shard['name']}: {n} records, manifest says {shard['records']}")
-            count += n
-        if count != info["records"]:
-            problems.append(f"{split}: {count} records, manifest says {info['records']}")
-        if positives != info["positives"]:
-            problems.append(f"{split}: positives per class {positives} differ from the manifest {info['positives']}")
-    bar.close()
-    dupes = [i for i, c in ids.items() if c > 1]
-    if dupes:
-        problems.append(f"{len(dupes)} id(s) appear more than once, e.g. {dupes[:3]}")
-    for p in problems:
-        print(f"error: {p}", file=sys.stderr)
-    shards = sum(len(s["shards"]) for s in manifest["splits"].values())
-    if problems:
-        print(f"{folder}: {len(problems)} problem(s) in {shards} shard(s)")
-        return EXIT_FAILURES
-    print(f"{folder}: OK — {sum(ids.values())} records in {shards} shard(s), every CRC, image, count and "
-          f"hash checked")
-    return EXIT_OK
+def _written_labels(states: list[dict[str, Any]]) -> np.ndarray:
+    rows = [[int(c) for c in r[4]] for s in states for r in s["index"]]
+    return np.array(rows, dtype=int)
 
 
 def command_line(argv: list[str]) -> str:

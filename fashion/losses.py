@@ -8,14 +8,14 @@ Two levers, both computed from the training positives in dataset.json:
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import keras
 import numpy as np
 from keras import ops
 
-HEAD_WEIGHTS = ("none", "original", "inverse", "sqrt", "effective")
-LOSSES = ("bce", "focal", "asl")
+from .choices import CLASS_WEIGHTS, HEAD_WEIGHTS, LOSSES
+
 POS_WEIGHT_CLIP = (0.02, 50.0)  # a class with 3 positives in 10,000 must not blow up the loss
 
 
@@ -50,9 +50,6 @@ def head_weights(positives: Sequence[int], n: int, scheme: str = "none", beta: f
     return w
 
 
-CLASS_WEIGHTS = ("none", "inverse", "sqrt")
-
-
 def class_weights(counts: Sequence[int], scheme: str = "none") -> np.ndarray:
     """Loss weight per class of a single-label task (Keras `class_weight`) from training counts,
     normalised to mean 1 over the classes present: `none` (all 1), `inverse` (N / count), `sqrt`."""
@@ -85,9 +82,19 @@ class HeadLoss(keras.losses.Loss):
       label_smoothing: targets become y * (1 - s) + s / 2.
     """
 
-    def __init__(self, kind: str = "bce", pos_weight: float = 1.0, gamma: float = 2.0, gamma_neg: float = 4.0,
-                 gamma_pos: float = 0.0, clip: float = 0.05, label_smoothing: float = 0.0, name: str | None = None,
-                 reduction: str = "sum_over_batch_size", **kwargs):
+    def __init__(
+        self,
+        kind: str = "bce",
+        pos_weight: float = 1.0,
+        gamma: float = 2.0,
+        gamma_neg: float = 4.0,
+        gamma_pos: float = 0.0,
+        clip: float = 0.05,
+        label_smoothing: float = 0.0,
+        name: str | None = None,
+        reduction: str = "sum_over_batch_size",
+        **kwargs,
+    ):
         if kind not in LOSSES:
             raise ValueError(f"--loss must be one of {LOSSES}, got {kind!r}")
         super().__init__(name=name or f"{kind}_loss", reduction=reduction, **kwargs)
@@ -115,6 +122,13 @@ class HeadLoss(keras.losses.Loss):
         return ops.mean(self.pos_weight * y * pos + (1.0 - y) * neg, axis=-1)
 
     def get_config(self):
-        return {**super().get_config(), "kind": self.kind, "pos_weight": self.pos_weight, "gamma": self.gamma,
-                "gamma_neg": self.gamma_neg, "gamma_pos": self.gamma_pos, "clip": self.clip,
-                "label_smoothing": self.label_smoothing}
+        return {
+            **super().get_config(),
+            "kind": self.kind,
+            "pos_weight": self.pos_weight,
+            "gamma": self.gamma,
+            "gamma_neg": self.gamma_neg,
+            "gamma_pos": self.gamma_pos,
+            "clip": self.clip,
+            "label_smoothing": self.label_smoothing,
+        }

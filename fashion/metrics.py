@@ -9,7 +9,6 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
-from sklearn.metrics import average_precision_score
 
 THRESHOLD_GRID = np.round(np.arange(0.02, 1.0, 0.02), 2)
 # a threshold leaves the constant label set only for more than this many images' worth of sample-F2
@@ -19,6 +18,8 @@ MIN_GAIN_IMAGES = 1.0
 
 def average_precision(y_true: np.ndarray, scores: np.ndarray) -> np.ndarray:
     """AP per class; NaN for a class without positives (AP is undefined there)."""
+    from sklearn.metrics import average_precision_score  # here: detect.py imports this module, never calls it
+
     y_true = np.asarray(y_true)
     out = np.full(y_true.shape[1], np.nan)
     for c in range(y_true.shape[1]):
@@ -64,14 +65,23 @@ def summary(y_true: np.ndarray, scores: np.ndarray, thresholds: np.ndarray | flo
     ap = average_precision(y_true, scores)
     has_pos = np.asarray(y_true).any(0)
     _, _, f1 = f1_per_class(y_true, pred)
-    return {"mAP": mean_ap(ap), "f2_samples": fbeta_samples(y_true, pred),
-            "f1_macro": float(f1[has_pos].mean()) if has_pos.any() else 0.0,
-            "ap": ap.tolist()}
+    return {
+        "mAP": mean_ap(ap),
+        "f2_samples": fbeta_samples(y_true, pred),
+        "f1_macro": float(f1[has_pos].mean()) if has_pos.any() else 0.0,
+        "ap": ap.tolist(),
+    }
 
 
-def tune_thresholds(y_true: np.ndarray, scores: np.ndarray, beta: float = 2.0, passes: int = 3,
-                    grid: np.ndarray = THRESHOLD_GRID, y_train: np.ndarray | None = None,
-                    min_gain: float = MIN_GAIN_IMAGES) -> np.ndarray:
+def tune_thresholds(
+    y_true: np.ndarray,
+    scores: np.ndarray,
+    beta: float = 2.0,
+    passes: int = 3,
+    grid: np.ndarray = THRESHOLD_GRID,
+    y_train: np.ndarray | None = None,
+    min_gain: float = MIN_GAIN_IMAGES,
+) -> np.ndarray:
     """Per-class thresholds maximising sample-averaged F-beta, by coordinate ascent.
 
     Sample-F2 couples the classes (a sample's score depends on all its labels),
@@ -119,8 +129,15 @@ def tune_thresholds(y_true: np.ndarray, scores: np.ndarray, beta: float = 2.0, p
     return np.minimum(th, 1.0)
 
 
-def crossfit_f2(y_true: np.ndarray, scores: np.ndarray, folds: int = 2, repeats: int = 5, seed: int = 0,
-                beta: float = 2.0, y_train: np.ndarray | None = None) -> float:
+def crossfit_f2(
+    y_true: np.ndarray,
+    scores: np.ndarray,
+    folds: int = 2,
+    repeats: int = 5,
+    seed: int = 0,
+    beta: float = 2.0,
+    y_train: np.ndarray | None = None,
+) -> float:
     """Sample-F2 with thresholds tuned on the other folds only: an honest estimate of tuned F2.
 
     Tuning and scoring on the same images flatters the thresholds; here every
@@ -181,14 +198,10 @@ def prior_baseline(y_train: np.ndarray, y_eval: np.ndarray) -> dict[str, float]:
 
 # --------------------------------------------------------------------------- single-label (multiclass, binary)
 
+
 def baselines(y_train: np.ndarray, y_eval: np.ndarray, beta: float = 2.0) -> dict[str, dict]:
     """What a model must beat: the best constant label set and class priors, both chosen on train."""
     return {"constant": constant_baseline(y_train, y_eval, beta), "prior": prior_baseline(y_train, y_eval)}
-
-
-def class_indices(y: np.ndarray, task: str) -> np.ndarray:
-    """Label rows -> class indices: the one-hot position (multiclass), the positive column (binary)."""
-    return (y[:, -1] > 0.5).astype(int) if task == "binary" else np.argmax(y, axis=1)
 
 
 def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, k: int) -> np.ndarray:
@@ -200,8 +213,12 @@ def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, k: int) -> np.ndarr
 
 def most_confused(cm: np.ndarray, names: list[str], min_count: int = 1) -> list[tuple[str, str, int]]:
     """Off-diagonal cells as (true, predicted, count), largest first (fastai's `most_confused`)."""
-    pairs = [(names[i], names[j], int(cm[i, j])) for i in range(len(cm)) for j in range(len(cm))
-             if i != j and cm[i, j] >= min_count]
+    pairs = [
+        (names[i], names[j], int(cm[i, j]))
+        for i in range(len(cm))
+        for j in range(len(cm))
+        if i != j and cm[i, j] >= min_count
+    ]
     return sorted(pairs, key=lambda p: (-p[2], p[0], p[1]))
 
 
@@ -213,8 +230,9 @@ def top_k_accuracy(y_true: np.ndarray, probs: np.ndarray, k: int) -> float:
     return float((top == np.asarray(y_true)[:, None]).any(1).mean())
 
 
-def single_label_summary(y_true: np.ndarray, probs: np.ndarray, names: list[str], k: int = 5,
-                         pred: np.ndarray | None = None) -> dict:
+def single_label_summary(
+    y_true: np.ndarray, probs: np.ndarray, names: list[str], k: int = 5, pred: np.ndarray | None = None
+) -> dict:
     """Accuracy, top-k accuracy, per-class precision/recall/F1, macro-F1, log loss, confusion matrix
     and most-confused pairs for class indices `y_true` and (N, K) probabilities.
 
@@ -233,14 +251,23 @@ def single_label_summary(y_true: np.ndarray, probs: np.ndarray, names: list[str]
     present = support > 0
     p_true = np.clip(probs[np.arange(n), y_true], 1e-7, 1.0) if n else np.zeros(0)
     return {
-        "images": int(n), "correct": int(tp.sum()),
+        "images": int(n),
+        "correct": int(tp.sum()),
         "accuracy": float(tp.sum() / n) if n else 0.0,
-        "top_k": int(min(k, kk)), "top_k_accuracy": top_k_accuracy(y_true, probs, min(k, kk)),
+        "top_k": int(min(k, kk)),
+        "top_k_accuracy": top_k_accuracy(y_true, probs, min(k, kk)),
         "f1_macro": float(f1[present].mean()) if present.any() else 0.0,
         "log_loss": float(-np.log(p_true).mean()) if n else 0.0,
-        "per_class": {nm: {"precision": float(precision[c]), "recall": float(recall[c]), "f1": float(f1[c]),
-                           "support": int(support[c]), "predicted": int(predicted[c])}
-                      for c, nm in enumerate(names)},
+        "per_class": {
+            nm: {
+                "precision": float(precision[c]),
+                "recall": float(recall[c]),
+                "f1": float(f1[c]),
+                "support": int(support[c]),
+                "predicted": int(predicted[c]),
+            }
+            for c, nm in enumerate(names)
+        },
         "confusion": cm.tolist(),
         "most_confused": [list(p) for p in most_confused(cm, names)],
     }
@@ -253,20 +280,34 @@ def majority_baseline(train_counts, y_eval: np.ndarray, names: list[str], k: int
     prior = counts / max(counts.sum(), 1.0)
     y_eval = np.asarray(y_eval, int)
     majority = int(np.argmax(counts))
-    const = single_label_summary(y_eval, np.tile(prior, (len(y_eval), 1)), names, k,
-                                 pred=np.full(len(y_eval), majority))
-    return {"majority": {"class": names[majority], "accuracy": const["accuracy"], "f1_macro": const["f1_macro"]},
-            "prior": {"top_k_accuracy": const["top_k_accuracy"], "log_loss": const["log_loss"],
-                      "accuracy": const["accuracy"]}}
+    const = single_label_summary(
+        y_eval, np.tile(prior, (len(y_eval), 1)), names, k, pred=np.full(len(y_eval), majority)
+    )
+    return {
+        "majority": {"class": names[majority], "accuracy": const["accuracy"], "f1_macro": const["f1_macro"]},
+        "prior": {
+            "top_k_accuracy": const["top_k_accuracy"],
+            "log_loss": const["log_loss"],
+            "accuracy": const["accuracy"],
+        },
+    }
+
+
+def roc_auc(y_true: np.ndarray, p: np.ndarray) -> float | None:
+    """ROC-AUC of one class; None unless both classes occur."""
+    from sklearn.metrics import roc_auc_score
+
+    y = np.asarray(y_true).astype(int)
+    return float(roc_auc_score(y, p)) if 0 < y.sum() < len(y) else None
 
 
 def binary_scores(y_true: np.ndarray, p: np.ndarray) -> dict[str, float | None]:
     """ROC-AUC (None unless both classes occur) and AP (None without positives) of the positive class."""
-    from sklearn.metrics import roc_auc_score
-
     y = np.asarray(y_true).astype(int)
-    return {"roc_auc": float(roc_auc_score(y, p)) if 0 < y.sum() < len(y) else None,
-            "ap": float(average_precision(y[:, None], np.asarray(p)[:, None])[0]) if y.any() else None}
+    return {
+        "roc_auc": roc_auc(y, p),
+        "ap": float(average_precision(y[:, None], np.asarray(p)[:, None])[0]) if y.any() else None,
+    }
 
 
 def tune_binary_threshold(y_true: np.ndarray, p: np.ndarray, grid: np.ndarray = THRESHOLD_GRID) -> float:

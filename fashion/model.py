@@ -1,4 +1,4 @@
-"""The network: a keras.applications trunk and the heads of the task.
+"""The network: a keras.applications trunk and the heads of the task (built by the task object, fashion.tasks).
 
 * multilabel (the original design): one small head per class, Conv2D 3x3 ->
   GAP -> Dense 1 sigmoid, named `head_<label>`;
@@ -17,25 +17,22 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import keras
 
+from .choices import BACKBONES, TASKS  # noqa: F401  (TASKS re-exported)
 from .errors import FashionError
+from .tasks import HEAD_FILTERS, HEAD_PREFIX, get_task, head_names, slug  # noqa: F401  (re-exported)
 
 MODEL_SAVE = Path("model_save")
-BACKBONES = ("densenet121", "densenet169", "densenet201", "resnet50", "mobilenetv2", "xception", "efficientnetb0")
-TASKS = ("multilabel", "multiclass", "binary")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)  # keras.applications.imagenet_utils, mode "caffe"
-HEAD_FILTERS = 64
 MIN_SIZE = {"xception": 71}  # keras.applications refuses smaller inputs; the others take 32 px
 MOBILENET_ALPHAS = (0.35, 0.5, 0.75, 1.0, 1.3, 1.4)  # ImageNet weights exist for these widths
 MOBILENET_SIZES = (96, 128, 160, 192, 224)  # ... and these input sizes (others use the 224 file)
-
-HEAD_PREFIX = "head_"  # every head layer's name starts with it; the rest of the model is trunk
 
 # Keras' own notop ImageNet files (keras/src/applications/*.py): name, md5.
 WEIGHTS_URL = "https://storage.googleapis.com/tensorflow/keras-applications/densenet/"
@@ -56,30 +53,19 @@ WEIGHTS_URLS = {
     "efficientnetb0": "https://storage.googleapis.com/keras-applications/",
     "mobilenetv2": "https://storage.googleapis.com/tensorflow/keras-applications/mobilenet_v2/",
 }
-_CONSTRUCTORS = {"densenet121": "DenseNet121", "densenet169": "DenseNet169", "densenet201": "DenseNet201",
-                 "resnet50": "ResNet50", "mobilenetv2": "MobileNetV2", "xception": "Xception",
-                 "efficientnetb0": "EfficientNetB0"}
+_CONSTRUCTORS = {
+    "densenet121": "DenseNet121",
+    "densenet169": "DenseNet169",
+    "densenet201": "DenseNet201",
+    "resnet50": "ResNet50",
+    "mobilenetv2": "MobileNetV2",
+    "xception": "Xception",
+    "efficientnetb0": "EfficientNetB0",
+}
 
 
 class WeightsError(FashionError):
     """Pretrained weights that cannot be found or do not fit."""
-
-
-def slug(label: str) -> str:
-    """A layer-name-safe form of a label: `smart casual` -> `smart_casual`."""
-    s = re.sub(r"[^0-9a-zA-Z_]+", "_", label.strip()).strip("_").lower()
-    return s or "label"
-
-
-def head_names(labels: Sequence[str]) -> list[str]:
-    names, seen = [], set()
-    for i, label in enumerate(labels):
-        n = f"head_{slug(label)}"
-        if n in seen:  # two labels that slug alike still get distinct, stable names
-            n = f"{n}_{i}"
-        seen.add(n)
-        names.append(n)
-    return names
 
 
 def _md5(path: Path) -> str:
@@ -90,17 +76,6 @@ def _md5(path: Path) -> str:
     return h.hexdigest()
 
 
-def task_heads(labels: Sequence[str], task: str = "multilabel") -> list[str]:
-    """Output names of a model for `task`: one per class (multilabel) or a single one."""
-    if task == "multilabel":
-        return head_names(labels)
-    if task == "multiclass":
-        return ["head_softmax"]
-    if task == "binary":
-        return ["head_sigmoid"]
-    raise ValueError(f"--task must be one of {TASKS}, got {task!r}")
-
-
 def notop_file(backbone: str, alpha: float = 1.0, image_size: int = 224) -> tuple[str, str | None, str]:
     """(file name, md5 or None, URL folder) of Keras' notop ImageNet file for this trunk."""
     if backbone not in IMAGENET_NOTOP:
@@ -108,15 +83,18 @@ def notop_file(backbone: str, alpha: float = 1.0, image_size: int = 224) -> tupl
     fname, md5 = IMAGENET_NOTOP[backbone]
     if backbone == "mobilenetv2":
         if float(alpha) not in MOBILENET_ALPHAS:
-            raise WeightsError(f"ImageNet weights for mobilenetv2 exist for --alpha {', '.join(map(str, MOBILENET_ALPHAS))}"
-                               f", not {alpha:g}: pick one of those or train from scratch with --weights none")
+            raise WeightsError(
+                f"ImageNet weights for mobilenetv2 exist for --alpha {', '.join(map(str, MOBILENET_ALPHAS))}"
+                f", not {alpha:g}: pick one of those or train from scratch with --weights none"
+            )
         rows = image_size if image_size in MOBILENET_SIZES else 224  # as keras.applications chooses
         fname = fname.format(alpha=float(alpha), rows=rows)
     return fname, md5, WEIGHTS_URLS[backbone]
 
 
-def imagenet_weights_file(backbone: str, model_save: Path = MODEL_SAVE, alpha: float = 1.0,
-                          image_size: int = 224) -> str:
+def imagenet_weights_file(
+    backbone: str, model_save: Path = MODEL_SAVE, alpha: float = 1.0, image_size: int = 224
+) -> str:
     """Path of Keras' notop ImageNet file: model_save/, then Keras' cache, then a download.
 
     Raises:
@@ -127,8 +105,10 @@ def imagenet_weights_file(backbone: str, model_save: Path = MODEL_SAVE, alpha: f
     for candidate in (model_save / fname, keras_home / "models" / fname):
         if candidate.is_file():
             if md5 is not None and _md5(candidate) != md5:
-                raise WeightsError(f"{candidate}: md5 {_md5(candidate)} does not match Keras' {md5}; "
-                                   f"the file is damaged or another one: replace it")
+                raise WeightsError(
+                    f"{candidate}: md5 {_md5(candidate)} does not match Keras' {md5}; "
+                    f"the file is damaged or another one: replace it"
+                )
             return str(candidate)
     try:
         return keras.utils.get_file(fname, url + fname, cache_subdir="models", file_hash=md5)
@@ -137,7 +117,8 @@ def imagenet_weights_file(backbone: str, model_save: Path = MODEL_SAVE, alpha: f
         raise WeightsError(
             f"ImageNet weights for {backbone} are not on this machine and cannot be downloaded "
             f"({type(e).__name__}).\nPlace Keras' file\n  {fname}\n(from {url}{fname}{check})\n"
-            f"in {model_save.resolve()}/ and run again, or train from scratch with --weights none.") from None
+            f"in {model_save.resolve()}/ and run again, or train from scratch with --weights none."
+        ) from None
 
 
 def build_trunk(backbone: str, image_size: int, weights: str | None, alpha: float = 1.0) -> keras.Model:
@@ -145,14 +126,16 @@ def build_trunk(backbone: str, image_size: int, weights: str | None, alpha: floa
     if backbone not in _CONSTRUCTORS:
         raise ValueError(f"--backbone must be one of {BACKBONES}, got {backbone!r}")
     if image_size < MIN_SIZE.get(backbone, 32):
-        raise ValueError(f"--backbone {backbone} needs --image-size of at least {MIN_SIZE.get(backbone, 32)}, "
-                         f"got {image_size}")
+        raise ValueError(
+            f"--backbone {backbone} needs --image-size of at least {MIN_SIZE.get(backbone, 32)}, got {image_size}"
+        )
     ctor = getattr(keras.applications, _CONSTRUCTORS[backbone])
     shape = (image_size, image_size, 3)
     if backbone == "mobilenetv2":
         # a name without the input size (Keras puts it in), so a 96 px bundle's trunk seeds a 224 px one
-        return ctor(include_top=False, weights=weights, input_shape=shape, alpha=alpha,
-                    name=f"mobilenetv2_{float(alpha):.2f}")
+        return ctor(
+            include_top=False, weights=weights, input_shape=shape, alpha=alpha, name=f"mobilenetv2_{float(alpha):.2f}"
+        )
     if backbone == "efficientnetb0" and weights:
         # Keras adds a second rescaling layer only for weights="imagenet" (TF issue 49930): a file path
         # gets a trunk without it. Load the file, then fold that rescaling into the normalisation's variance.
@@ -180,8 +163,9 @@ def preprocess(x, backbone: str):
     """uint8 RGB -> what the trunk was trained on, as serialisable layers."""
     if backbone.startswith("densenet"):  # "torch" mode: [0, 1], then ImageNet mean and std
         x = keras.layers.Rescaling(1.0 / 255.0, name="scale")(x)
-        return keras.layers.Normalization(mean=IMAGENET_MEAN, variance=[s * s for s in IMAGENET_STD],
-                                          name="normalize")(x)
+        return keras.layers.Normalization(mean=IMAGENET_MEAN, variance=[s * s for s in IMAGENET_STD], name="normalize")(
+            x
+        )
     if backbone == "resnet50":  # "caffe" mode: BGR, minus the ImageNet mean per channel, no scaling
         x = ReverseChannels(name="rgb_to_bgr")(x)
         return keras.layers.Normalization(mean=CAFFE_MEAN_BGR, variance=(1.0, 1.0, 1.0), name="normalize")(x)
@@ -192,9 +176,15 @@ def preprocess(x, backbone: str):
     raise ValueError(f"--backbone must be one of {BACKBONES}, got {backbone!r}")
 
 
-def build_model(labels: Sequence[str], backbone: str = "densenet121", image_size: int = 224,
-                weights: str | None = None, head_dropout: float = 0.0, task: str = "multilabel",
-                alpha: float = 1.0) -> keras.Model:
+def build_model(
+    labels: Sequence[str],
+    backbone: str = "densenet121",
+    image_size: int = 224,
+    weights: str | None = None,
+    head_dropout: float = 0.0,
+    task: str = "multilabel",
+    alpha: float = 1.0,
+) -> keras.Model:
     """Trunk + the heads of `task`.
 
     Args:
@@ -210,29 +200,12 @@ def build_model(labels: Sequence[str], backbone: str = "densenet121", image_size
       A Model from uint8 RGB images (B, S, S, 3) to a dict {head name: (B, 1) sigmoid}
       (multilabel), (B, K) softmax probabilities (multiclass) or (B, 1) (binary).
     """
-    if task not in TASKS:
-        raise ValueError(f"--task must be one of {TASKS}, got {task!r}")
+    spec = get_task(task, labels)
     inputs = keras.Input((image_size, image_size, 3), dtype="uint8", name="image")
     x = preprocess(inputs, backbone)
     trunk = build_trunk(backbone, image_size, weights, alpha)
-    features = trunk(x)
-    if task != "multilabel":
-        h = keras.layers.GlobalAveragePooling2D(name="head_pool")(features)
-        if head_dropout:
-            h = keras.layers.Dropout(head_dropout, name="head_drop")(h)
-        # float32 output even under mixed precision: softmax/sigmoid + log in the loss need the range
-        units, activation = (len(labels), "softmax") if task == "multiclass" else (1, "sigmoid")
-        out = keras.layers.Dense(units, activation=activation, dtype="float32", name=task_heads(labels, task)[0])(h)
-        return keras.Model(inputs, out, name=f"fashion_{backbone}_{task}")
-    outputs = {}
-    for name in head_names(labels):
-        h = keras.layers.Conv2D(HEAD_FILTERS, 3, padding="same", activation="relu", name=f"{name}_conv")(features)
-        h = keras.layers.GlobalAveragePooling2D(name=f"{name}_pool")(h)
-        if head_dropout:
-            h = keras.layers.Dropout(head_dropout, name=f"{name}_drop")(h)
-        # float32 output even under mixed precision: sigmoid + log in the loss need the range
-        outputs[name] = keras.layers.Dense(1, activation="sigmoid", dtype="float32", name=name)(h)
-    return keras.Model(inputs, outputs, name=f"fashion_{backbone}")
+    outputs = spec.build_heads(trunk(x), head_dropout)
+    return keras.Model(inputs, outputs, name=spec.model_name(backbone))
 
 
 def cap_bn_momentum(model: keras.Model, momentum: float = 0.99) -> int:
@@ -270,8 +243,9 @@ def load_trunk_from_bundle(model: keras.Model, bundle: str | Path) -> None:
     dst.set_weights(src.get_weights())
 
 
-def resolve_weights(spec: str, backbone: str, model_save: Path = MODEL_SAVE, alpha: float = 1.0,
-                    image_size: int = 224) -> tuple[str | None, str | None]:
+def resolve_weights(
+    spec: str, backbone: str, model_save: Path = MODEL_SAVE, alpha: float = 1.0, image_size: int = 224
+) -> tuple[str | None, str | None]:
     """`--weights` -> (Keras notop file or None, bundle path or None)."""
     if spec in ("none", "", None):
         return None, None
@@ -291,7 +265,9 @@ STAGE_GROUPS = ("conv5+", "conv4+", "conv3+", "conv2+")  # DenseNet and ResNet50
 # `GROUP+` = from the first trunk layer whose name matches the pattern to the end of the trunk.
 _DENSE_STAGES = {g: rf"^conv{g[4]}_" for g in STAGE_GROUPS}
 BACKBONE_STAGES: dict[str, dict[str, str]] = {
-    "densenet121": _DENSE_STAGES, "densenet169": _DENSE_STAGES, "densenet201": _DENSE_STAGES,
+    "densenet121": _DENSE_STAGES,
+    "densenet169": _DENSE_STAGES,
+    "densenet201": _DENSE_STAGES,
     "resnet50": _DENSE_STAGES,
     # MobileNetV2's inverted-residual blocks; 16 is the last, 13/6/3 start a new resolution, 10 a new width
     "mobilenetv2": {f"block_{n}+": rf"^block_{n}_" for n in (16, 13, 10, 6, 3)},
@@ -336,11 +312,13 @@ def set_trainable(model: keras.Model, layers: str, bn: str = "auto", from_scratc
         try:
             rx = re.compile(layers)
         except re.error as e:
-            raise ValueError(f"--layers {layers!r}: not heads/all/{'/'.join(stages)} nor a valid regex: {e}")
+            raise ValueError(f"--layers {layers!r}: not heads/all/{'/'.join(stages)} nor a valid regex: {e}") from None
         chosen = {n for n in names if rx.search(n)}
         if not chosen:
-            raise ValueError(f"--layers {layers!r} matches no trunk layer (e.g. {names[5]}, {names[-3]}); "
-                             f"stage groups of {trunk.name}: {', '.join(stages)}")
+            raise ValueError(
+                f"--layers {layers!r} matches no trunk layer (e.g. {names[5]}, {names[-3]}); "
+                f"stage groups of {trunk.name}: {', '.join(stages)}"
+            )
     if bn == "auto":
         bn = "train" if from_scratch else "frozen"
     count = 0
@@ -357,5 +335,7 @@ def describe(model: keras.Model) -> str:
     trunk = trunk_of(model)
     n_tr = sum(int(keras.ops.size(w)) for w in trunk.trainable_weights)
     heads = sum(int(keras.ops.size(w)) for w in model.trainable_weights) - n_tr
-    return (f"{trunk.name}: {trunk.count_params() / 1e6:.2f} M params ({n_tr / 1e6:.2f} M trainable); "
-            f"heads: {heads / 1e6:.2f} M trainable")
+    return (
+        f"{trunk.name}: {trunk.count_params() / 1e6:.2f} M params ({n_tr / 1e6:.2f} M trainable); "
+        f"heads: {heads / 1e6:.2f} M trainable"
+    )

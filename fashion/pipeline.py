@@ -9,9 +9,9 @@ Images stay uint8: the model normalises inside.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -35,16 +35,11 @@ def describe_split(folder: str | Path, split: str) -> Split:
     return Split(files, info["records"], info["positives"])
 
 
-def class_counts(train: Split, task: str) -> list[int]:
-    """Training images per class; a one-label binary dataset counts [negatives, positives]."""
-    if task == "binary" and len(train.positives) == 1:
-        return [train.count - train.positives[0], train.positives[0]]
-    return [int(c) for c in train.positives]
-
-
 def _parse(n_labels: int):
-    spec = {records.F_IMAGE: tf.io.FixedLenFeature([], tf.string),
-            records.F_LABELS: tf.io.FixedLenFeature([n_labels], tf.int64)}
+    spec = {
+        records.F_IMAGE: tf.io.FixedLenFeature([], tf.string),
+        records.F_LABELS: tf.io.FixedLenFeature([n_labels], tf.int64),
+    }
 
     def parse(serialized):
         ex = tf.io.parse_single_example(serialized, spec)
@@ -70,8 +65,9 @@ def _resize_uint8(img, size: int):
     return tf.cast(tf.clip_by_value(tf.round(img), 0, 255), tf.uint8)
 
 
-def make_train_image(size: int, crop_scale: tuple[float, float] = (0.875, 1.0), jitter: float = 0.0,
-                     rotate: float = 0.0):
+def make_train_image(
+    size: int, crop_scale: tuple[float, float] = (0.875, 1.0), jitter: float = 0.0, rotate: float = 0.0
+):
     def fn(image_bytes, labels):
         window = _random_window(image_bytes, size, crop_scale)
         img = tf.image.decode_and_crop_jpeg(image_bytes, window, channels=3)
@@ -99,8 +95,13 @@ def _rotate(img, angle):
     y0 = (h - 1) / 2 - s * (w - 1) / 2 - c * (h - 1) / 2
     transform = tf.reshape(tf.stack([c, -s, x0, s, c, y0, 0.0, 0.0]), [1, 8])
     out = tf.raw_ops.ImageProjectiveTransformV3(
-        images=tf.cast(img[None], tf.float32), transforms=transform, output_shape=tf.shape(img)[:2],
-        fill_value=0.0, interpolation="BILINEAR", fill_mode="NEAREST")
+        images=tf.cast(img[None], tf.float32),
+        transforms=transform,
+        output_shape=tf.shape(img)[:2],
+        fill_value=0.0,
+        interpolation="BILINEAR",
+        fill_mode="NEAREST",
+    )
     return tf.cast(tf.clip_by_value(tf.round(out[0]), 0, 255), tf.uint8)
 
 
@@ -112,16 +113,28 @@ def make_eval_image(size: int, crop_fraction: float = 1.0):
         h, w = tf.shape(img)[0], tf.shape(img)[1]
         side = tf.cast(tf.cast(tf.minimum(h, w), tf.float32) * crop_fraction, tf.int32)
         top, left = (h - side) // 2, (w - side) // 2
-        img = img[top:top + side, left:left + side]
+        img = img[top : top + side, left : left + side]
         return _resize_uint8(img, size), labels
 
     return fn
 
 
-def make_dataset(files: Sequence[str], n_labels: int, *, image_size: int, batch_size: int, training: bool,
-                 output_names: Sequence[str] | None = None, shuffle_buffer: int = 4096, seed: int | None = None,
-                 cache: bool = False, jitter: float = 0.0, rotate: float = 0.0,
-                 count: int | None = None, column: int | None = None) -> tf.data.Dataset:
+def make_dataset(
+    files: Sequence[str],
+    n_labels: int,
+    *,
+    image_size: int,
+    batch_size: int,
+    training: bool,
+    output_names: Sequence[str] | None = None,
+    shuffle_buffer: int = 4096,
+    seed: int | None = None,
+    cache: bool = False,
+    jitter: float = 0.0,
+    rotate: float = 0.0,
+    count: int | None = None,
+    column: int | None = None,
+) -> tf.data.Dataset:
     """Batches of (uint8 images, labels): labels as a dict {output name: (B, 1)} when names are given,
     as the (B, 1) column `column` when that is given (a binary task's positive class), else (B, K).
 
@@ -129,10 +142,12 @@ def make_dataset(files: Sequence[str], n_labels: int, *, image_size: int, batch_
     """
     AUTOTUNE = tf.data.AUTOTUNE
     if training:
-        files_ds = tf.data.Dataset.from_tensor_slices(list(files)).shuffle(len(files), seed=seed,
-                                                                           reshuffle_each_iteration=True)
-        ds = files_ds.interleave(tf.data.TFRecordDataset, cycle_length=min(8, len(files)),
-                                 num_parallel_calls=AUTOTUNE, deterministic=False)
+        files_ds = tf.data.Dataset.from_tensor_slices(list(files)).shuffle(
+            len(files), seed=seed, reshuffle_each_iteration=True
+        )
+        ds = files_ds.interleave(
+            tf.data.TFRecordDataset, cycle_length=min(8, len(files)), num_parallel_calls=AUTOTUNE, deterministic=False
+        )
     else:  # file order, so predictions line up with `labels_of`
         ds = tf.data.TFRecordDataset(list(files))
     ds = ds.map(_parse(n_labels), num_parallel_calls=AUTOTUNE)
@@ -140,16 +155,17 @@ def make_dataset(files: Sequence[str], n_labels: int, *, image_size: int, batch_
         ds = ds.cache()
     if training:
         ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
-        ds = ds.map(make_train_image(image_size, jitter=jitter, rotate=rotate), num_parallel_calls=AUTOTUNE,
-                    deterministic=False)
+        ds = ds.map(
+            make_train_image(image_size, jitter=jitter, rotate=rotate), num_parallel_calls=AUTOTUNE, deterministic=False
+        )
     else:
         ds = ds.map(make_eval_image(image_size), num_parallel_calls=AUTOTUNE)
     ds = ds.batch(batch_size, num_parallel_calls=AUTOTUNE, deterministic=not training)
     if output_names is not None:
         names = list(output_names)
-        ds = ds.map(lambda x, y: (x, {n: y[:, i:i + 1] for i, n in enumerate(names)}), num_parallel_calls=AUTOTUNE)
+        ds = ds.map(lambda x, y: (x, {n: y[:, i : i + 1] for i, n in enumerate(names)}), num_parallel_calls=AUTOTUNE)
     elif column is not None:
-        ds = ds.map(lambda x, y: (x, y[:, column:column + 1]), num_parallel_calls=AUTOTUNE)
+        ds = ds.map(lambda x, y: (x, y[:, column : column + 1]), num_parallel_calls=AUTOTUNE)
     if count is not None:
         ds = ds.apply(tf.data.experimental.assert_cardinality(math.ceil(count / batch_size)))
     opts = tf.data.Options()

@@ -2,7 +2,8 @@
 (multilabel), the most probable class (multiclass) or the positive class's probability (binary).
 
 Only inference imports here (no training modules), and the model loads once,
-in Keras' safe mode.
+in Keras' safe mode. What differs between tasks (columns, probabilities) the bundle's
+task object (fashion.tasks) answers.
 """
 
 from __future__ import annotations
@@ -10,9 +11,10 @@ from __future__ import annotations
 import glob
 import json
 import sys
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
-from typing import Iterable, Iterator
 
 import numpy as np
 
@@ -20,6 +22,7 @@ from . import imaging
 from .errors import BundleError
 from .fetching import Fetcher
 from .sources import IMAGE_EXTENSIONS
+from .tasks import Task, binary_classes, get_task  # noqa: F401  (binary_classes: API)
 
 
 @dataclass
@@ -34,11 +37,16 @@ class Bundle:
     backbone: str = ""
     meta: dict = field(default_factory=dict)
 
+    @cached_property
+    def task_obj(self) -> Task:
+        """The bundle's task (fashion.tasks) over its labels and heads."""
+        return get_task(self.task, self.labels, self.heads)
+
     @property
     def classes(self) -> list[str]:
         """Names of the columns `predict_arrays` returns: the labels, or for a binary bundle
         [negative, positive] (a one-label binary dataset gets `not <label>` as its negative)."""
-        return binary_classes(self.labels) if self.task == "binary" else list(self.labels)
+        return self.task_obj.classes
 
     @property
     def threshold(self) -> float:
@@ -46,13 +54,18 @@ class Bundle:
         return float(self.thresholds[-1]) if len(self.thresholds) else 0.5
 
 
-def binary_classes(labels: list[str]) -> list[str]:
-    return list(labels) if len(labels) == 2 else [f"not {labels[0]}", labels[0]]
-
-
 def _bundle(folder: Path, model, meta: dict) -> Bundle:
-    return Bundle(folder, model, meta["labels"], meta["heads"], np.asarray(meta.get("thresholds") or [], float),
-                  int(meta["input_size"]), meta.get("task", "multilabel"), meta.get("backbone", ""), meta)
+    return Bundle(
+        folder,
+        model,
+        meta["labels"],
+        meta["heads"],
+        np.asarray(meta.get("thresholds") or [], float),
+        int(meta["input_size"]),
+        meta.get("task", "multilabel"),
+        meta.get("backbone", ""),
+        meta,
+    )
 
 
 def newest_bundle(model_save: str | Path = "model_save") -> Path:
@@ -102,31 +115,18 @@ def load_image(source: str, fetcher: Fetcher, size: int) -> np.ndarray:
     return imaging.resize(imaging.decode_rgb(data, target=size), size, "crop")
 
 
-def stack_heads(out: dict, heads: list[str]) -> np.ndarray:
-    """The model's {head: (N, 1)} outputs as one (N, classes) array in label order."""
-    return np.concatenate([np.asarray(out[h]).reshape(-1, 1) for h in heads], axis=1)
-
-
 def to_probs(out, heads: list[str], task: str = "multilabel") -> np.ndarray:
     """A model's outputs as (N, columns) probabilities: one column per label (multilabel), the softmax
     (multiclass), or [1 - p, p] with p the positive class's probability (binary)."""
-    if task == "multilabel":
-        return stack_heads(out, heads)
-    if isinstance(out, dict):  # a TFLite runner names its one output itself
-        out = out[heads[0]] if heads[0] in out else next(iter(out.values()))
-    arr = np.asarray(out, float)
-    if task == "multiclass":
-        return arr.reshape(len(arr), -1)
-    p = arr.reshape(-1)
-    return np.stack([1.0 - p, p], axis=1)
+    return get_task(task, heads=heads).to_probs(out)
 
 
 def predict_arrays(bundle: Bundle, images: np.ndarray, tta: bool = False) -> np.ndarray:
     """(N, S, S, 3) uint8 -> (N, columns) probabilities (see `to_probs`); `tta` averages with the mirror."""
-    probs = to_probs(bundle.model.predict_on_batch(images), bundle.heads, bundle.task)
+    probs = bundle.task_obj.to_probs(bundle.model.predict_on_batch(images))
     if tta:
         mirrored = bundle.model.predict_on_batch(np.ascontiguousarray(images[:, :, ::-1]))
-        probs = (probs + to_probs(mirrored, bundle.heads, bundle.task)) / 2
+        probs = (probs + bundle.task_obj.to_probs(mirrored)) / 2
     return probs
 
 

@@ -10,19 +10,25 @@ A dataset folder holds
 
 Shards are written under a temporary name and renamed when complete; the
 manifest is written last, so a folder with a dataset.json is complete.
+`verify` re-reads a folder against its manifest.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import sys
+from collections import Counter
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 import numpy as np
+from tqdm import tqdm
 
-from .fileio import atomic_write_json, csv_text, sha256_file
+from .errors import EXIT_FAILURES, EXIT_FATAL, EXIT_OK
+from .fileio import sha256_file
 
 SCHEMA_VERSION = 1
 MANIFEST = "dataset.json"
@@ -41,6 +47,7 @@ LEGACY_IMAGE, LEGACY_LABEL = "image", "label_{}"
 def load_tensorflow():
     """Import TensorFlow on first use: list parsing and --help stay fast."""
     import tensorflow as tf
+
     return tf
 
 
@@ -53,8 +60,7 @@ def shard_name(split: str, index: int, total: int, part: str = "") -> str:
     return f"{split}{tag}-{index:05d}-of-{total:05d}.tfrecord"
 
 
-def make_example(image: bytes, *, id: str, source: str, height: int, width: int,
-                 labels: Iterable[int]) -> bytes:
+def make_example(image: bytes, *, id: str, source: str, height: int, width: int, labels: Iterable[int]) -> bytes:
     """Serialize one image and its multi-hot labels as a `tf.train.Example`."""
     tf = _tf()
     feat = tf.train.Feature
@@ -65,11 +71,19 @@ def make_example(image: bytes, *, id: str, source: str, height: int, width: int,
     def i(v: Iterable[int]) -> Any:
         return feat(int64_list=tf.train.Int64List(value=list(v)))
 
-    ex = tf.train.Example(features=tf.train.Features(feature={
-        F_IMAGE: b(image), F_FORMAT: b(b"jpeg"), F_ID: b(id.encode("utf-8")),
-        F_SOURCE: b(source.encode("utf-8")), F_HEIGHT: i([height]), F_WIDTH: i([width]),
-        F_LABELS: i(labels),
-    }))
+    ex = tf.train.Example(
+        features=tf.train.Features(
+            feature={
+                F_IMAGE: b(image),
+                F_FORMAT: b(b"jpeg"),
+                F_ID: b(id.encode("utf-8")),
+                F_SOURCE: b(source.encode("utf-8")),
+                F_HEIGHT: i([height]),
+                F_WIDTH: i([width]),
+                F_LABELS: i(labels),
+            }
+        )
+    )
     return ex.SerializeToString()
 
 
@@ -82,12 +96,21 @@ class ShardResult:
     positives: list[int] = field(default_factory=list)
 
 
+# A shard streams into `.NAME.tmp` (not `fileio.atomic_path`: the writer outlives one `with` block);
+# a killed run leaves these behind, and the next run removes what matches SHARD_TMP_GLOB.
+SHARD_TMP_GLOB = ".*.tfrecord.tmp"
+
+
+def shard_tmp_name(name: str) -> str:
+    return f".{name}.tmp"
+
+
 class ShardWriter:
     """Writes one shard to `.name.tmp`, renames to `name` on `close()`; `abort()` removes the temp file."""
 
     def __init__(self, folder: Path, name: str, n_labels: int):
         self.path = folder / name
-        self.tmp = folder / f".{name}.tmp"
+        self.tmp = folder / shard_tmp_name(name)
         self.result = ShardResult(name, positives=[0] * n_labels)
         self._w = _tf().io.TFRecordWriter(str(self.tmp))
 
@@ -115,6 +138,7 @@ class ShardWriter:
 
 # --------------------------------------------------------------------------- manifest
 
+
 def load_manifest(folder: str | Path) -> dict[str, Any]:
     path = Path(folder) / MANIFEST
     if not path.is_file():
@@ -122,8 +146,10 @@ def load_manifest(folder: str | Path) -> dict[str, Any]:
     with open(path, encoding="utf-8") as f:
         manifest = json.load(f)
     if manifest.get("schema_version", 0) > SCHEMA_VERSION:
-        raise ValueError(f"{path}: schema version {manifest['schema_version']} is newer than this "
-                         f"tool's ({SCHEMA_VERSION}); update fashion")
+        raise ValueError(
+            f"{path}: schema version {manifest['schema_version']} is newer than this "
+            f"tool's ({SCHEMA_VERSION}); update fashion"
+        )
     return manifest
 
 
@@ -138,6 +164,7 @@ def shard_paths(folder: str | Path, split: str) -> list[Path]:
 
 # --------------------------------------------------------------------------- reading
 
+
 def parse_example(serialized: bytes, n_labels: int | None = None) -> dict[str, Any]:
     """Parse one record, ours or the original project's, into plain Python values.
 
@@ -148,24 +175,26 @@ def parse_example(serialized: bytes, n_labels: int | None = None) -> dict[str, A
     ex = tf.train.Example.FromString(serialized)
     f = ex.features.feature
     if F_IMAGE in f:
-        return {"image": f[F_IMAGE].bytes_list.value[0],
-                "id": f[F_ID].bytes_list.value[0].decode("utf-8") if F_ID in f else "",
-                "source": f[F_SOURCE].bytes_list.value[0].decode("utf-8") if F_SOURCE in f else "",
-                "labels": list(f[F_LABELS].int64_list.value)}
+        return {
+            "image": f[F_IMAGE].bytes_list.value[0],
+            "id": f[F_ID].bytes_list.value[0].decode("utf-8") if F_ID in f else "",
+            "source": f[F_SOURCE].bytes_list.value[0].decode("utf-8") if F_SOURCE in f else "",
+            "labels": list(f[F_LABELS].int64_list.value),
+        }
     if LEGACY_IMAGE in f:
         keys = sorted((k for k in f if k.startswith("label_")), key=lambda k: int(k.split("_")[1]))
         n = n_labels if n_labels is not None else len(keys)
-        labels = [int(f[LEGACY_LABEL.format(i)].int64_list.value[0]) if LEGACY_LABEL.format(i) in f else 0
-                  for i in range(n)]
-        return {"image": legacy_image(f[LEGACY_IMAGE].bytes_list.value[0]), "id": "", "source": "",
-                "labels": labels}
-    raise ValueError(f"record has neither '{F_IMAGE}' nor legacy '{LEGACY_IMAGE}' feature: "
-                     f"{sorted(f.keys())}")
+        labels = [
+            int(f[LEGACY_LABEL.format(i)].int64_list.value[0]) if LEGACY_LABEL.format(i) in f else 0 for i in range(n)
+        ]
+        return {"image": legacy_image(f[LEGACY_IMAGE].bytes_list.value[0]), "id": "", "source": "", "labels": labels}
+    raise ValueError(f"record has neither '{F_IMAGE}' nor legacy '{LEGACY_IMAGE}' feature: {sorted(f.keys())}")
 
 
 def legacy_image(data: bytes) -> bytes | np.ndarray:
     """The original generator stored either encoded bytes or a raw square RGB array."""
     from .imaging import sniff
+
     if sniff(data):
         return data
     side = int(round((len(data) / 3) ** 0.5))
@@ -180,3 +209,100 @@ def iter_records(paths: Iterable[str | Path], n_labels: int | None = None) -> It
     for path in paths:
         for raw in tf.data.TFRecordDataset(str(path)).as_numpy_iterator():
             yield parse_example(raw, n_labels)
+
+
+# --------------------------------------------------------------------------- verification
+
+
+def verify(folder: str | Path) -> int:
+    """Re-read every shard (CRC), decode every image, check counts and hashes against the manifest."""
+    folder = Path(folder)
+    try:
+        manifest = load_manifest(folder)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_FATAL
+    total = manifest.get("records", sum(s["records"] for s in manifest["splits"].values()))
+    bar = tqdm(total=total, unit="rec", desc="verify", dynamic_ncols=True)
+    check = _Verifier(folder, manifest, bar)
+    for split, info in manifest["splits"].items():
+        check.split(split, info)
+    bar.close()
+    problems = check.problems
+    dupes = [i for i, c in check.ids.items() if c > 1]
+    if dupes:
+        problems.append(f"{len(dupes)} id(s) appear more than once, e.g. {dupes[:3]}")
+    for p in problems:
+        print(f"error: {p}", file=sys.stderr)
+    shards = sum(len(s["shards"]) for s in manifest["splits"].values())
+    if problems:
+        print(f"{folder}: {len(problems)} problem(s) in {shards} shard(s)")
+        return EXIT_FAILURES
+    print(
+        f"{folder}: OK — {sum(check.ids.values())} records in {shards} shard(s), every CRC, image, count and "
+        f"hash checked"
+    )
+    return EXIT_OK
+
+
+class _Verifier:
+    """What `verify` gathers while re-reading: ids seen and problems found, in reading order."""
+
+    def __init__(self, folder: Path, manifest: dict[str, Any], bar: tqdm):
+        self.folder, self.bar = folder, bar
+        self.n_labels = manifest["num_classes"]
+        self.multiclass = manifest.get("task", "multilabel") == "multiclass"
+        self.ids: Counter[str] = Counter()
+        self.problems: list[str] = []
+
+    def split(self, split: str, info: dict[str, Any]) -> None:
+        positives = [0] * self.n_labels
+        count = 0
+        for shard in info["shards"]:
+            count += self.shard(shard, positives)
+        if count != info["records"]:
+            self.problems.append(f"{split}: {count} records, manifest says {info['records']}")
+        if positives != info["positives"]:
+            self.problems.append(
+                f"{split}: positives per class {positives} differ from the manifest {info['positives']}"
+            )
+
+    def shard(self, shard: dict[str, Any], positives: list[int]) -> int:
+        """The number of records read; adds the shard's labels to `positives`."""
+        name, path = shard["name"], self.folder / shard["name"]
+        if not path.is_file():
+            self.problems.append(f"{name}: missing")
+            return 0
+        digest = sha256_file(path)
+        if digest != shard["sha256"]:
+            self.problems.append(f"{name}: sha256 {digest[:12]}… does not match the manifest ({shard['sha256'][:12]}…)")
+        n = 0
+        try:
+            for rec in iter_records([path], self.n_labels):
+                n += 1
+                self.bar.update(1)
+                self.record(name, n, rec, positives)
+        except Exception as e:  # tf raises DataLossError on a CRC mismatch or truncation
+            self.problems.append(
+                f"{name}: unreadable after record {n}: {type(e).__name__}: {str(e).splitlines()[0][:200]}"
+            )
+        if n != shard["records"]:
+            self.problems.append(f"{name}: {n} records, manifest says {shard['records']}")
+        return n
+
+    def record(self, name: str, n: int, rec: dict[str, Any], positives: list[int]) -> None:
+        import cv2
+
+        self.ids[rec["id"]] += 1
+        labels = rec["labels"]
+        if len(labels) != self.n_labels:
+            self.problems.append(f"{name}: record {n} ({rec['id']}) has {len(labels)} labels, expected {self.n_labels}")
+        positives[:] = [a + b for a, b in zip(positives, labels)]
+        if self.multiclass and sum(labels) != 1:
+            self.problems.append(
+                f"{name}: record {n} ({rec['id']}) has {sum(labels)} positive labels; "
+                f"a multiclass dataset has exactly one"
+            )
+        img = cv2.imdecode(np.frombuffer(rec["image"], np.uint8), cv2.IMREAD_COLOR)
+        if img is None:
+            self.problems.append(f"{name}: record {n} ({rec['id']}): image does not decode")

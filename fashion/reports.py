@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -31,22 +32,34 @@ def top_cooccurrences(y: np.ndarray, labels: Sequence[str], k: int = 5) -> list[
     if y.size == 0:
         return []
     co = y.T @ y
-    pairs = [(labels[i], labels[j], int(co[i, j])) for i in range(len(labels)) for j in range(i + 1, len(labels))
-             if co[i, j] > 0]
+    pairs = [
+        (labels[i], labels[j], int(co[i, j]))
+        for i in range(len(labels))
+        for j in range(i + 1, len(labels))
+        if co[i, j] > 0
+    ]
     return sorted(pairs, key=lambda p: -p[2])[:k]
 
 
-def print_ingest_summary(manifest: dict[str, Any], failures: list[Failure], processed: int, elapsed: float,
-                         written_labels: np.ndarray, out: Path) -> None:
+def print_ingest_summary(
+    manifest: dict[str, Any],
+    failures: list[Failure],
+    processed: int,
+    elapsed: float,
+    written_labels: np.ndarray,
+    out: Path,
+) -> None:
     labels = manifest["labels"]
     sp = manifest["splits"]
     total = sum(sp[s]["records"] for s in sp)
     rate = processed / elapsed if elapsed > 0 else 0.0
     print()
-    print(f"dataset: {out}  ({manifest.get('task', 'multilabel')}, {total} records: "
-          + ", ".join(f"{s} {sp[s]['records']}" for s in sp) + ")")
-    print(f"this run: {processed} image(s) processed in {elapsed:.1f}s ({rate:.1f} img/s), "
-          f"{len(failures)} skipped")
+    print(
+        f"dataset: {out}  ({manifest.get('task', 'multilabel')}, {total} records: "
+        + ", ".join(f"{s} {sp[s]['records']}" for s in sp)
+        + ")"
+    )
+    print(f"this run: {processed} image(s) processed in {elapsed:.1f}s ({rate:.1f} img/s), {len(failures)} skipped")
     if failures:
         print("skipped, by reason (details in failures.csv):")
         for kind, n in Counter(f.kind for f in failures).most_common():
@@ -56,8 +69,11 @@ def print_ingest_summary(manifest: dict[str, Any], failures: list[Failure], proc
     empty = [n for k, n in enumerate(labels) if not sum(sp[s]["positives"][k] for s in sp)]
     if empty:
         print(f"warning: {len(empty)} class(es) have no positive example: {', '.join(empty)}")
-    missing_val = [n for k, n in enumerate(labels)
-                   if sp["train"]["positives"][k] and not sp.get("val", {}).get("positives", [1] * len(labels))[k]]
+    missing_val = [
+        n
+        for k, n in enumerate(labels)
+        if sp["train"]["positives"][k] and not sp.get("val", {}).get("positives", [1] * len(labels))[k]
+    ]
     if missing_val and sp.get("val", {}).get("records"):
         print(f"warning: no validation positive for: {', '.join(missing_val)}")
     pairs = top_cooccurrences(written_labels, labels)

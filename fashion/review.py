@@ -67,15 +67,17 @@ def read_review(path: str | Path) -> Review:
         if not rid:
             raise ListError(f"{path}: line {n}: empty id")
         if action not in ACTIONS:
-            raise ListError(f"{path}: line {n}: action {row[col['action']]!r} is not one of keep, relabel, drop "
-                            f"(or blank)")
+            raise ListError(
+                f"{path}: line {n}: action {row[col['action']]!r} is not one of keep, relabel, drop (or blank)"
+            )
         action = action or "keep"
         new = [t.strip() for t in row[col["new_labels"]].split(";") if t.strip()]
         if action == "relabel" and not new:
             raise ListError(f"{path}: line {n}: relabel of '{rid}' with empty new_labels")
         if rid in seen and seen[rid][1] != action:
-            raise ListError(f"{path}: line {n}: '{rid}' is marked {action} here and {seen[rid][1]} on line "
-                            f"{seen[rid][0]}")
+            raise ListError(
+                f"{path}: line {n}: '{rid}' is marked {action} here and {seen[rid][1]} on line {seen[rid][0]}"
+            )
         seen[rid] = (n, action)
         if action == "drop":
             review.drop[rid] = n
@@ -94,11 +96,15 @@ def apply_review(parsed: ParsedList, review: Review) -> ReviewResult:
     for rid, (n, new) in review.relabel.items():
         unknown = [t for t in new if t not in index]
         if unknown:
-            raise ListError(f"{review.path}: line {n}: unknown label '{unknown[0]}' in new_labels of '{rid}' "
-                            f"(labels: {', '.join(names)})")
+            raise ListError(
+                f"{review.path}: line {n}: unknown label '{unknown[0]}' in new_labels of '{rid}' "
+                f"(labels: {', '.join(names)})"
+            )
         if parsed.task == "multiclass" and len(set(new)) != 1:
-            raise ListError(f"{review.path}: line {n}: '{rid}' gets {len(set(new))} labels but this dataset is "
-                            f"single-label (multiclass): give exactly one")
+            raise ListError(
+                f"{review.path}: line {n}: '{rid}' gets {len(set(new))} labels but this dataset is "
+                f"single-label (multiclass): give exactly one"
+            )
         vectors[rid] = tuple(1 if lb in new else 0 for lb in names)
     ids = {it.id for it in parsed.items}
     named = set(review.drop) | set(review.relabel) | review.keep

@@ -22,9 +22,10 @@ import io
 import os
 import re
 import sys
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, TextIO
+from typing import TextIO
 from urllib.parse import unquote, urlparse
 
 SOURCE_COLUMNS = ("url", "path", "relative_path", "image", "file", "filename")
@@ -119,8 +120,9 @@ def _is_header(first_row: list[str]) -> bool:
     return any(c.strip().lower() == "labels" for c in first_row)
 
 
-def parse_list(lines: Iterable[str], base_dir: Path, label_names: list[str] | None = None,
-               name: str = "list") -> ParsedList:
+def parse_list(
+    lines: Iterable[str], base_dir: Path, label_names: list[str] | None = None, name: str = "list"
+) -> ParsedList:
     """Parse every line; malformed ones become failures carrying their line number."""
     rows = ((i, row) for i, row in enumerate(csv.reader(lines), start=1) if row and any(c.strip() for c in row))
     first = next(rows, None)
@@ -143,13 +145,21 @@ def _parse_original(first, rows, base_dir, label_names, name) -> ParsedList:
         rid = row[0] if row else ""
         src = row[1] if len(row) > 1 else ""
         if len(row) != n_labels + 2:
-            out.failures.append(Failure(rid, src, f"malformed line: line {line}: expected {n_labels + 2} columns "
-                                                  f"(id,url + {n_labels} labels), got {len(row)}", line))
+            out.failures.append(
+                Failure(
+                    rid,
+                    src,
+                    f"malformed line: line {line}: expected {n_labels + 2} columns "
+                    f"(id,url + {n_labels} labels), got {len(row)}",
+                    line,
+                )
+            )
             continue
         bad = [v for v in row[2:] if v not in ("0", "1")]
         if bad:
-            out.failures.append(Failure(rid, src, f"malformed line: line {line}: label values must be 0 or 1, "
-                                                  f"got '{bad[0]}'", line))
+            out.failures.append(
+                Failure(rid, src, f"malformed line: line {line}: label values must be 0 or 1, got '{bad[0]}'", line)
+            )
             continue
         _add(out, seen, line, rid, src, tuple(int(v) for v in row[2:]), base_dir)
     return out
@@ -167,8 +177,14 @@ def _parse_header_csv(first, rows, base_dir, label_names, name) -> ParsedList:
     for line, row in rows:
         row = [c.strip() for c in row]
         if len(row) != len(header):
-            out.failures.append(Failure(row[0] if row else "", "", f"malformed line: line {line}: expected "
-                                        f"{len(header)} columns, got {len(row)}", line))
+            out.failures.append(
+                Failure(
+                    row[0] if row else "",
+                    "",
+                    f"malformed line: line {line}: expected {len(header)} columns, got {len(row)}",
+                    line,
+                )
+            )
             continue
         src = row[src_col]
         rid = row[id_col] if id_col is not None else src
@@ -179,8 +195,9 @@ def _parse_header_csv(first, rows, base_dir, label_names, name) -> ParsedList:
     for line, rid, src, tags in parsed:
         unknown = [t for t in tags if t not in index]
         if unknown:
-            out.failures.append(Failure(rid, src, f"malformed line: line {line}: unknown label '{unknown[0]}' "
-                                                  f"(not in --labels)", line))
+            out.failures.append(
+                Failure(rid, src, f"malformed line: line {line}: unknown label '{unknown[0]}' (not in --labels)", line)
+            )
             continue
         vec = [0] * len(names)
         for t in tags:
@@ -195,8 +212,17 @@ def _chain(first, rows):
     yield from rows
 
 
-def _add(out: ParsedList, seen: set[str], line: int, rid: str, src: str, labels: tuple[int, ...],
-         base_dir: Path, where: str = "", split: str = "") -> None:
+def _add(
+    out: ParsedList,
+    seen: set[str],
+    line: int,
+    rid: str,
+    src: str,
+    labels: tuple[int, ...],
+    base_dir: Path,
+    where: str = "",
+    split: str = "",
+) -> None:
     where = where or f"line {line}"
     if not rid:
         out.failures.append(Failure(rid, src, f"malformed line: {where}: empty id", line))
@@ -235,8 +261,11 @@ def images_under(folder: Path) -> list[Path]:
     found = []
     for dirpath, dirnames, filenames in os.walk(folder):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        found += [Path(dirpath) / f for f in sorted(filenames)
-                  if not f.startswith(".") and f.lower().endswith(IMAGE_EXTENSIONS)]
+        found += [
+            Path(dirpath) / f
+            for f in sorted(filenames)
+            if not f.startswith(".") and f.lower().endswith(IMAGE_EXTENSIONS)
+        ]
     return found
 
 
@@ -256,8 +285,10 @@ def _class_names(found: Iterable[str], fixed: list[str] | None, where: str) -> l
         return found
     extra = [c for c in found if c not in fixed]
     if extra:
-        raise ListError(f"{where}: class(es) {', '.join(extra[:5])} not among the labels "
-                        f"({', '.join(fixed)}) set by --labels or the dataset appended to")
+        raise ListError(
+            f"{where}: class(es) {', '.join(extra[:5])} not among the labels "
+            f"({', '.join(fixed)}) set by --labels or the dataset appended to"
+        )
     return list(fixed)
 
 
@@ -265,8 +296,9 @@ def _one_hot(k: int, n: int) -> tuple[int, ...]:
     return tuple(1 if i == k else 0 for i in range(n))
 
 
-def _from_entries(entries: list[tuple[str, Path, str, str]], names: list[str], root: Path,
-                  out: ParsedList) -> ParsedList:
+def _from_entries(
+    entries: list[tuple[str, Path, str, str]], names: list[str], root: Path, out: ParsedList
+) -> ParsedList:
     """(id, path, class, split) -> one-hot items."""
     index = {n: i for i, n in enumerate(names)}
     seen: set[str] = set()
@@ -288,13 +320,15 @@ def read_folders(root: str | Path, fixed: list[str] | None = None) -> ParsedList
         layout = [(train, "train" if val is not None else "")] + ([(val, "val")] if val is not None else [])
         layout += [(subdirs["test"], "test")] if "test" in subdirs else []
         names = ", ".join(f"{d.name}/" for d, _ in layout)
-        out.notes.append(f"{root}: splits as given by {names}" if val is not None else
-                         f"{root}: {names} kept; no valid/ or validation/ folder, so validation is split "
-                         f"from train/ (--val-fraction/--val-count)")
+        out.notes.append(
+            f"{root}: splits as given by {names}"
+            if val is not None
+            else f"{root}: {names} kept; no valid/ or validation/ folder, so validation is split "
+            f"from train/ (--val-fraction/--val-count)"
+        )
         other = sorted(set(subdirs.values()) - {d for d, _ in layout})
         if other:
-            out.notes.append(f"{root}: ignoring folder(s) outside the splits: "
-                             f"{', '.join(d.name for d in other[:5])}")
+            out.notes.append(f"{root}: ignoring folder(s) outside the splits: {', '.join(d.name for d in other[:5])}")
     else:
         layout = [(root, "")]
     entries, classes = [], set()
@@ -310,8 +344,7 @@ def read_folders(root: str | Path, fixed: list[str] | None = None) -> ParsedList
     for folder, _ in layout:  # an empty class folder is still a class (the summary warns)
         classes.update(d.name for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
     if not classes:
-        raise ListError(f"{root}: no class folders (expected DIR/CLASS/*.jpg or "
-                        f"DIR/train|valid|test/CLASS/*.jpg)")
+        raise ListError(f"{root}: no class folders (expected DIR/CLASS/*.jpg or DIR/train|valid|test/CLASS/*.jpg)")
     names = _class_names(classes, fixed, str(root))
     return _from_entries(entries, names, root, out)
 
@@ -324,8 +357,10 @@ def read_regex(root: str | Path, pattern: str, fixed: list[str] | None = None) -
     except re.error as e:
         raise ListError(f"--label-regex '{pattern}': {e}") from None
     if rx.groups < 1:
-        raise ListError(f"--label-regex '{pattern}' has no group: put ( ) around the label, "
-                        r"e.g. '([^/]+)_\d+\.jpg$'")
+        raise ListError(
+            f"--label-regex '{pattern}' has no group: put ( ) around the label, "
+            r"e.g. '([^/]+)_\d+\.jpg$'"
+        )
     out = ParsedList([], [], [])
     entries = []
     for p in images_under(root):
@@ -346,8 +381,10 @@ def read_paddle_lists(root: str | Path, fixed: list[str] | None = None) -> Parse
         raise ListError(f"{root}: no label_list.txt (one class name per line)")
     names = read_label_names(root / "label_list.txt")
     if fixed is not None and fixed != names:
-        raise ListError(f"{root / 'label_list.txt'}: labels differ from those set by --labels or the dataset "
-                        f"appended to ({', '.join(fixed)})")
+        raise ListError(
+            f"{root / 'label_list.txt'}: labels differ from those set by --labels or the dataset "
+            f"appended to ({', '.join(fixed)})"
+        )
     if not (root / "train_list.txt").is_file():
         raise ListError(f"{root}: no train_list.txt (lines of 'relative/path label_index')")
     has_val = (root / "validate_list.txt").is_file()
@@ -369,26 +406,35 @@ def read_paddle_lists(root: str | Path, fixed: list[str] | None = None) -> Parse
                 where = f"{fname}: line {n}"
                 parts = line.rsplit(None, 1)
                 if len(parts) != 2:
-                    out.failures.append(Failure(line, "", f"malformed line: {where}: expected 'path label', "
-                                                          f"got {line[:80]!r}", n))
+                    out.failures.append(
+                        Failure(line, "", f"malformed line: {where}: expected 'path label', got {line[:80]!r}", n)
+                    )
                     continue
                 rel, tok = parts
                 k = int(tok) if tok.isdigit() else index.get(tok)
                 if k is None or not 0 <= k < len(names):
-                    out.failures.append(Failure(rel, rel, f"malformed line: {where}: label {tok!r} is neither an "
-                                                          f"index 0..{len(names) - 1} nor a name in label_list.txt",
-                                                n))
+                    out.failures.append(
+                        Failure(
+                            rel,
+                            rel,
+                            f"malformed line: {where}: label {tok!r} is neither an "
+                            f"index 0..{len(names) - 1} nor a name in label_list.txt",
+                            n,
+                        )
+                    )
                     continue
                 _add(out, seen, n, rel, rel, _one_hot(k, len(names)), root, where=where, split=split)
     return out
 
 
-def read_url_lists(root: str | Path, max_per_class: int | None = None,
-                   fixed: list[str] | None = None) -> ParsedList:
+def read_url_lists(root: str | Path, max_per_class: int | None = None, fixed: list[str] | None = None) -> ParsedList:
     """DIR/CLASS.txt or CLASS.csv: one URL (or path) per line, first column; id = the URL."""
     root = _folder(root, "--from-urls")
-    files = sorted(p for p in root.iterdir()
-                   if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in URL_LIST_EXTENSIONS)
+    files = sorted(
+        p
+        for p in root.iterdir()
+        if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in URL_LIST_EXTENSIONS
+    )
     if not files:
         raise ListError(f"{root}: no CLASS.txt or CLASS.csv files of URLs")
     names = _class_names((p.stem for p in files), fixed, str(root))
@@ -411,6 +457,8 @@ def read_url_lists(root: str | Path, max_per_class: int | None = None,
                 _add(out, seen, n, url, url, _one_hot(index[cls], len(names)), root, where=f"{path.name}: line {n}")
                 taken[cls] = taken.get(cls, 0) + len(out.items) - before
     if capped:
-        out.notes.append(f"--max-per-class {max_per_class}: {len(capped)} class(es) capped "
-                         f"({', '.join(sorted(capped)[:5])}{', ...' if len(capped) > 5 else ''})")
+        out.notes.append(
+            f"--max-per-class {max_per_class}: {len(capped)} class(es) capped "
+            f"({', '.join(sorted(capped)[:5])}{', ...' if len(capped) > 5 else ''})"
+        )
     return out

@@ -12,8 +12,9 @@ import warnings
 import numpy as np
 
 
-def split_indices(labels: np.ndarray, *, val_fraction: float = 0.2, val_count: int | None = None,
-                  seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def split_indices(
+    labels: np.ndarray, *, val_fraction: float = 0.2, val_count: int | None = None, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
     """Split rows of a multi-hot matrix.
 
     Args:

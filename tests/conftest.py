@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import sys
 import threading
 import time
 from collections import Counter
@@ -16,7 +15,6 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "data" / "sample"
-sys.path.insert(0, str(ROOT))
 
 
 def sample_lines() -> list[list[str]]:
@@ -42,7 +40,7 @@ def awkward_files() -> dict[str, bytes]:
     rgba.putalpha(Image.fromarray(alpha))
     exif = Image.Exif()
     exif[0x0112] = 6  # "rotate 90° clockwise to display"
-    grey16 = Image.fromarray((np.asarray(im.convert("L")).astype(np.uint16) * 257))
+    grey16 = Image.fromarray(np.asarray(im.convert("L")).astype(np.uint16) * 257)
     full = photo_bytes(0)
     return {
         "rgba.png": _encode(rgba, "PNG"),
@@ -152,6 +150,20 @@ def dataset(tmp_path_factory):
     from fashion.cli import generate_dataset_main
 
     out = tmp_path_factory.mktemp("records")
-    assert generate_dataset_main([str(SAMPLE / "train+val.txt"), "--labels", str(SAMPLE / "labels.txt"),
-                                  "--out", str(out), "--image-size", "40", "--shard-size", "64"]) == 0
+    assert (
+        generate_dataset_main(
+            [
+                str(SAMPLE / "train+val.txt"),
+                "--labels",
+                str(SAMPLE / "labels.txt"),
+                "--out",
+                str(out),
+                "--image-size",
+                "40",
+                "--shard-size",
+                "64",
+            ]
+        )
+        == 0
+    )
     return out

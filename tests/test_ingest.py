@@ -30,8 +30,9 @@ def read_dataset(out: Path) -> dict[str, dict]:
         for rec in records.iter_records(records.shard_paths(out, split)):
             assert rec["id"] not in recs, f"duplicate record {rec['id']}"
             rec["split"] = split
-            rec["array"] = cv2.cvtColor(cv2.imdecode(np.frombuffer(rec["image"], np.uint8), cv2.IMREAD_COLOR),
-                                        cv2.COLOR_BGR2RGB)
+            rec["array"] = cv2.cvtColor(
+                cv2.imdecode(np.frombuffer(rec["image"], np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB
+            )
             recs[rec["id"]] = rec
     assert len(recs) == manifest["records"]
     return recs
@@ -81,21 +82,56 @@ def test_every_case_ends_as_the_rules_say(server, tmp_path):
     lst = write_list(tmp_path / "list.txt", good + cases)
     out = tmp_path / "rec"
     server.slow_seconds = 2.0
-    code = generate_dataset_main([str(lst), "--labels", LABELS, "--out", str(out), "--cache", str(tmp_path / "c"),
-                                  "--image-size", "64", "--resize", "keep", "--timeout", "0.5", "--retries", "1",
-                                  "--max-bytes", "1MB", "--max-pixels", "5000000", "--shard-size", "8",
-                                  "--workers", "4"])
+    code = generate_dataset_main(
+        [
+            str(lst),
+            "--labels",
+            LABELS,
+            "--out",
+            str(out),
+            "--cache",
+            str(tmp_path / "c"),
+            "--image-size",
+            "64",
+            "--resize",
+            "keep",
+            "--timeout",
+            "0.5",
+            "--retries",
+            "1",
+            "--max-bytes",
+            "1MB",
+            "--max-pixels",
+            "5000000",
+            "--shard-size",
+            "8",
+            "--workers",
+            "4",
+        ]
+    )
     assert code == 1, "some lines failed: exit code 1"
     recs = read_dataset(out)
     fails = read_failures(out)
     written = {"flaky", "rgba", "palette", "grey", "grey16", "cmyk", "exif6", "local", "fileurl"} | {
-        f"g{i}" for i in range(12)}
+        f"g{i}" for i in range(12)
+    }
     assert set(recs) == written
     expected = {
-        "missing": "http 404", "server500": "http 503", "slow": "timeout", "html": "not an image",
-        "zero": "too small", "tiny": "too small", "truncated": "decode error", "huge": "too large",
-        "hugedecl": "too large", "bomb": "too many pixels", "ftp": "bad url", "localmissing": "missing file",
-        "shortline": "malformed line", "badlabel": "malformed line", "emptyurl": "malformed line",
+        "missing": "http 404",
+        "server500": "http 503",
+        "slow": "timeout",
+        "html": "not an image",
+        "zero": "too small",
+        "tiny": "too small",
+        "truncated": "decode error",
+        "huge": "too large",
+        "hugedecl": "too large",
+        "bomb": "too many pixels",
+        "ftp": "bad url",
+        "localmissing": "missing file",
+        "shortline": "malformed line",
+        "badlabel": "malformed line",
+        "emptyurl": "malformed line",
     }
     for rid, kind in expected.items():
         assert fails[rid].startswith(kind), (rid, fails[rid])
@@ -134,10 +170,36 @@ def test_every_case_ends_as_the_rules_say(server, tmp_path):
 
     # A rerun of the same command does nothing and downloads nothing.
     hits = sum(server.hits.values())
-    assert generate_dataset_main([str(lst), "--labels", LABELS, "--out", str(out), "--cache", str(tmp_path / "c"),
-                                  "--image-size", "64", "--resize", "keep", "--timeout", "0.5", "--retries", "1",
-                                  "--max-bytes", "1MB", "--max-pixels", "5000000", "--shard-size", "8",
-                                  "--workers", "4"]) == 0
+    assert (
+        generate_dataset_main(
+            [
+                str(lst),
+                "--labels",
+                LABELS,
+                "--out",
+                str(out),
+                "--cache",
+                str(tmp_path / "c"),
+                "--image-size",
+                "64",
+                "--resize",
+                "keep",
+                "--timeout",
+                "0.5",
+                "--retries",
+                "1",
+                "--max-bytes",
+                "1MB",
+                "--max-pixels",
+                "5000000",
+                "--shard-size",
+                "8",
+                "--workers",
+                "4",
+            ]
+        )
+        == 0
+    )
     assert sum(server.hits.values()) == hits
 
 
@@ -160,8 +222,9 @@ def test_cache_means_no_second_download(server, tmp_path):
 
 
 def test_csv_with_header_and_union_of_labels(tmp_path):
-    rows = ["relative_path,labels"] + [f"{l[1]},{'red' if i % 2 else 'blue'};{'dress' if i % 3 else 'coat'}"
-                                        for i, l in enumerate(sample_lines()[:10])]
+    rows = ["relative_path,labels"] + [
+        f"{l[1]},{'red' if i % 2 else 'blue'};{'dress' if i % 3 else 'coat'}" for i, l in enumerate(sample_lines()[:10])
+    ]
     lst = tmp_path / "labels.csv"
     lst.write_text("\n".join(rows) + "\n")
     # relative paths resolve against the list's folder: copy nothing, point at the sample via symlink

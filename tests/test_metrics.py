@@ -61,8 +61,9 @@ def test_thresholds_stay_at_the_constant_set_unless_scores_earn_more():
     free = metrics.tune_thresholds(y, noise, y_train=y_train, min_gain=0)
     assert metrics.fbeta_samples(y, noise >= free) > const["f2_samples"], "unrestricted tuning fits the noise"
     th = metrics.tune_thresholds(y, noise, y_train=y_train)
-    assert set(np.flatnonzero(th == 0.0)) == set(const["labels"]) and set(th) <= {0.0, 1.0}, \
+    assert set(np.flatnonzero(th == 0.0)) == set(const["labels"]) and set(th) <= {0.0, 1.0}, (
         "noise earns no threshold: the tuned set is the constant one"
+    )
     informative = np.clip(0.5 * y + 0.5 * rng.random(y.shape), 0, 1)
     th = metrics.tune_thresholds(y, informative, y_train=y_train)
     assert ((th > 0) & (th < 1)).any()

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+import pytest
 
 from conftest import ROOT, SAMPLE, sample_lines
 from fashion import records
@@ -15,11 +16,16 @@ from fashion.ingest import verify
 
 
 def run_cmd(args: list[str], **kw) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.Popen([sys.executable, str(ROOT / "generate_dataset.py"), *args], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+    return subprocess.Popen(
+        [sys.executable, str(ROOT / "generate_dataset.py"), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **kw,
+    )
 
 
+@pytest.mark.slow
 def test_sigkill_then_rerun_finishes_exactly_once(server, tmp_path):
     server.delay = 0.05
     lines = sample_lines()[:72]  # >= 64: the multi-process decoder is used
@@ -28,8 +34,21 @@ def test_sigkill_then_rerun_finishes_exactly_once(server, tmp_path):
     lst = tmp_path / "list.txt"
     lst.write_text("\n".join(rows) + "\n")
     out = tmp_path / "o"
-    args = [str(lst), "--out", str(out), "--labels", str(SAMPLE / "labels.txt"), "--cache", str(tmp_path / "cache"),
-            "--image-size", "32", "--shard-size", "8", "--workers", "2"]
+    args = [
+        str(lst),
+        "--out",
+        str(out),
+        "--labels",
+        str(SAMPLE / "labels.txt"),
+        "--cache",
+        str(tmp_path / "cache"),
+        "--image-size",
+        "32",
+        "--shard-size",
+        "8",
+        "--workers",
+        "2",
+    ]
     proc = run_cmd(args)
     deadline = time.time() + 120
     while time.time() < deadline and not list(out.glob("train-*.tfrecord")):

@@ -153,7 +153,10 @@ def test_paddlehub_lists(tmp_path):
     manifest = json.loads((out / "dataset.json").read_text())
     assert manifest["task"] == "multiclass" and manifest["labels"] == CLASSES
     assert {s: v["positives"] for s, v in manifest["splits"].items()} == {
-        "train": [8, 8, 8], "val": [3, 3, 3], "test": [2, 2, 2]}
+        "train": [8, 8, 8],
+        "val": [3, 3, 3],
+        "test": [2, 2, 2],
+    }
     reasons = sorted(failures(out).values())
     assert len(reasons) == 2 and all(r.startswith("malformed line: train_list.txt: line") for r in reasons)
     assert "line 4" in reasons[0] and "line 5" in reasons[1] and "'7'" in reasons[1]
@@ -174,8 +177,19 @@ def test_url_lists_with_cap_and_a_broken_url(server, tmp_path):
     (src / "hats.txt").write_text(f"{u}/photos/{photos[8]}\n{u}/status/404\n\n{u}/photos/{photos[9]}\n")
     (src / "README.md").write_text("not a class\n")
     out = tmp_path / "out"
-    code = ingest("--from-urls", src, "--out", out, "--max-per-class", "3", "--val-fraction", "0",
-                  "--retries", "0", cache=tmp_path / "cache")
+    code = ingest(
+        "--from-urls",
+        src,
+        "--out",
+        out,
+        "--max-per-class",
+        "3",
+        "--val-fraction",
+        "0",
+        "--retries",
+        "0",
+        cache=tmp_path / "cache",
+    )
     assert code == 1
     manifest = json.loads((out / "dataset.json").read_text())
     assert manifest["task"] == "multiclass" and manifest["labels"] == ["bags", "coats", "hats"]
@@ -183,8 +197,11 @@ def test_url_lists_with_cap_and_a_broken_url(server, tmp_path):
     assert failures(out) == {f"{u}/status/404": "http 404: Not Found"}
     recs = read_records(out)
     assert {rid: label_of(r, manifest["labels"]) for rid, r in recs.items()} == {
-        **{f"{u}/photos/{n}": "bags" for n in photos[:3]}, **{f"{u}/photos/{n}": "coats" for n in photos[5:8]},
-        f"{u}/photos/{photos[8]}": "hats", f"{u}/photos/{photos[9]}": "hats"}
+        **{f"{u}/photos/{n}": "bags" for n in photos[:3]},
+        **{f"{u}/photos/{n}": "coats" for n in photos[5:8]},
+        f"{u}/photos/{photos[8]}": "hats",
+        f"{u}/photos/{photos[9]}": "hats",
+    }
     assert server.hits[f"/photos/{photos[3]}"] == 0  # beyond the cap: never downloaded
 
 
@@ -200,9 +217,18 @@ def write_review(path: Path, rows: list[tuple[str, str, str]]) -> Path:
 
 def test_apply_review_drops_and_relabels(tmp_path, capsys):
     ids = [f"train/{c}/{p.name}" for c, p in cs_images()]
-    review = write_review(tmp_path / "review.csv", [
-        (ids[0], "drop", ""), (ids[9], "DROP", ""), (ids[1], "relabel", "shoes"), (ids[2], "", ""),
-        (ids[3], "keep", ""), ("train/dress/not-there.jpg", "drop", ""), ("other/x.jpg", "relabel", "pants")])
+    review = write_review(
+        tmp_path / "review.csv",
+        [
+            (ids[0], "drop", ""),
+            (ids[9], "DROP", ""),
+            (ids[1], "relabel", "shoes"),
+            (ids[2], "", ""),
+            (ids[3], "keep", ""),
+            ("train/dress/not-there.jpg", "drop", ""),
+            ("other/x.jpg", "relabel", "pants"),
+        ],
+    )
     out = tmp_path / "out"
     assert ingest("--from-folders", CS, "--out", out, "--apply-review", review) == 0
     captured = capsys.readouterr()
@@ -230,12 +256,15 @@ def test_apply_review_drops_and_relabels(tmp_path, capsys):
     assert json.loads((out2 / "dataset.json").read_text())["task"] == "multilabel"
 
 
-@pytest.mark.parametrize("rows, message", [
-    ([("a", "", ""), ("train/dress/x.jpg", "relabel", "sandals")], "line 3: unknown label 'sandals'"),
-    ([("train/dress/x.jpg", "relabel", "")], "line 2: relabel of 'train/dress/x.jpg' with empty new_labels"),
-    ([("a", "keep", ""), ("b", "delete", "")], "line 3: action 'delete'"),
-    ([("train/dress/x.jpg", "relabel", "dress;shoes")], "line 2: 'train/dress/x.jpg' gets 2 labels"),
-])
+@pytest.mark.parametrize(
+    "rows, message",
+    [
+        ([("a", "", ""), ("train/dress/x.jpg", "relabel", "sandals")], "line 3: unknown label 'sandals'"),
+        ([("train/dress/x.jpg", "relabel", "")], "line 2: relabel of 'train/dress/x.jpg' with empty new_labels"),
+        ([("a", "keep", ""), ("b", "delete", "")], "line 3: action 'delete'"),
+        ([("train/dress/x.jpg", "relabel", "dress;shoes")], "line 2: 'train/dress/x.jpg' gets 2 labels"),
+    ],
+)
 def test_bad_review_file_stops_before_anything_is_written(tmp_path, capsys, rows, message):
     review = write_review(tmp_path / "review.csv", rows)
     out = tmp_path / "out"
@@ -276,7 +305,10 @@ def test_train_and_test_folders_without_validation(tmp_path):
     manifest = json.loads((out / "dataset.json").read_text())
     assert manifest["labels"] == CLASSES  # not "train" and "test"
     assert {s: v["positives"] for s, v in manifest["splits"].items()} == {
-        "train": [7, 7, 7], "val": [1, 1, 1], "test": [2, 2, 2]}
+        "train": [7, 7, 7],
+        "val": [1, 1, 1],
+        "test": [2, 2, 2],
+    }
 
 
 def test_relative_source_folders(tmp_path, monkeypatch):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -25,8 +24,14 @@ SIZE = 32
 
 def batch_from(dataset, n=16, training=False):
     split = pipeline.describe_split(dataset, "train")
-    ds = pipeline.make_dataset(split.files, len(LABELS), image_size=SIZE, batch_size=n, training=training,
-                               output_names=model_lib.head_names(LABELS))
+    ds = pipeline.make_dataset(
+        split.files,
+        len(LABELS),
+        image_size=SIZE,
+        batch_size=n,
+        training=training,
+        output_names=model_lib.head_names(LABELS),
+    )
     return next(iter(ds))
 
 
@@ -39,9 +44,10 @@ def test_head_weight_formulas_on_known_counts():
     sq = np.sqrt(inv)
     np.testing.assert_allclose(losses.head_weights(pos, n, "sqrt"), [*sq[:2] / sq.mean(), 1, sq[2] / sq.mean()])
     beta = 0.9
-    eff = np.array([(1 - beta) / (1 - beta ** p) for p in (10, 40, 50)])
-    np.testing.assert_allclose(losses.head_weights(pos, n, "effective", beta),
-                               [*eff[:2] / eff.mean(), 1, eff[2] / eff.mean()])
+    eff = np.array([(1 - beta) / (1 - beta**p) for p in (10, 40, 50)])
+    np.testing.assert_allclose(
+        losses.head_weights(pos, n, "effective", beta), [*eff[:2] / eff.mean(), 1, eff[2] / eff.mean()]
+    )
     pw = losses.pos_weights([10, 90, 0], 100, "auto")
     np.testing.assert_allclose(pw, [9.0, 10 / 90, 1.0])  # below 1 where positives are the majority
 
@@ -54,13 +60,13 @@ def test_losses_are_finite_and_ordered():
     assert vals["bce"] == pytest.approx(bce, rel=1e-4)
     assert 0 < vals["focal"] < vals["bce"] and 0 < vals["asl"] < vals["bce"]
     weighted = float(losses.HeadLoss("bce", pos_weight=3.0)(y, p))
-    assert weighted == pytest.approx(-np.mean([3 * np.log(0.9), np.log(0.9), 3 * np.log(0.2), np.log(0.2)]),
-                                     rel=1e-4)
+    assert weighted == pytest.approx(-np.mean([3 * np.log(0.9), np.log(0.9), 3 * np.log(0.2), np.log(0.2)]), rel=1e-4)
 
 
 def _fit_one_step(model, x, y, **compile_kw):
-    model.compile(optimizer=keras.optimizers.SGD(0.1), loss={n: losses.HeadLoss() for n in y}, run_eagerly=True,
-                  **compile_kw)
+    model.compile(
+        optimizer=keras.optimizers.SGD(0.1), loss={n: losses.HeadLoss() for n in y}, run_eagerly=True, **compile_kw
+    )
     model.fit(x, y, epochs=1, verbose=0, shuffle=False)
 
 
@@ -68,6 +74,7 @@ def _trunk_weights(model):
     return [np.array(w) for w in model_lib.trunk_of(model).weights]
 
 
+@pytest.mark.slow
 def test_layer_groups_and_batchnorm_policy(dataset):
     keras.utils.set_random_seed(0)
     x, y = batch_from(dataset)
@@ -100,6 +107,7 @@ def test_layer_groups_and_batchnorm_policy(dataset):
         model_lib.set_trainable(model, "nothing_like_this")
 
 
+@pytest.mark.slow
 def test_accumulation_matches_the_larger_batch(dataset):
     keras.utils.set_random_seed(1)
     x, y = batch_from(dataset, 16)
@@ -125,6 +133,7 @@ def test_accumulation_matches_the_larger_batch(dataset):
     assert moved, "the step did change the heads"
 
 
+@pytest.mark.slow
 def test_lr_mult_scales_trunk_steps_and_survives_saving(dataset, tmp_path):
     keras.utils.set_random_seed(2)
     x, y = batch_from(dataset, 8)
@@ -135,8 +144,11 @@ def test_lr_mult_scales_trunk_steps_and_survives_saving(dataset, tmp_path):
             initial = m.get_weights()
         m.set_weights(initial)
         model_lib.set_trainable(m, "all", bn="frozen")  # BatchNorm statistics fixed: both see the same function
-        m.compile(optimizer=make_optimizer(TrainConfig(optimizer="sgd", lr_mult=mult), 0.05),
-                  loss={n: losses.HeadLoss() for n in y}, run_eagerly=True)
+        m.compile(
+            optimizer=make_optimizer(TrainConfig(optimizer="sgd", lr_mult=mult), 0.05),
+            loss={n: losses.HeadLoss() for n in y},
+            run_eagerly=True,
+        )
         m.train_on_batch(x, y)  # first SGD step: delta = -rate * gradient, momentum not yet involved
         models.append(m)
     start = model_lib.build_model(LABELS, image_size=SIZE)
@@ -173,21 +185,43 @@ def _default_sigint() -> None:
 
 
 def run_train(args, **kw):
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.Popen([sys.executable, str(ROOT / "train.py"), *args], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, preexec_fn=_default_sigint, **kw)
+    return subprocess.Popen(
+        [sys.executable, str(ROOT / "train.py"), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        preexec_fn=_default_sigint,
+        **kw,
+    )
 
 
+@pytest.mark.slow
 def test_train_end_to_end_bundle_thresholds_and_reload(dataset, tmp_path, capsys):
-    args = ["--data", str(dataset), "--weights", "none", "--image-size", str(SIZE), "--stages", "heads:1,all:1",
-            "--run", "e2e", "--model-save", str(tmp_path / "ms"), "--log", str(tmp_path / "log"), "--eager"]
+    args = [
+        "--data",
+        str(dataset),
+        "--weights",
+        "none",
+        "--image-size",
+        str(SIZE),
+        "--stages",
+        "heads:1,all:1",
+        "--run",
+        "e2e",
+        "--model-save",
+        str(tmp_path / "ms"),
+        "--log",
+        str(tmp_path / "log"),
+        "--eager",
+    ]
     assert train_main(args) == 0
     out = capsys.readouterr().out
     assert "constant" in out and "priors" in out and "stage 2/2: layers=all" in out
     bundle = tmp_path / "ms" / "e2e"
     meta = json.loads((bundle / "meta.json").read_text())
     assert meta["labels"] == LABELS and meta["input_size"] == SIZE and len(meta["thresholds"]) == 13
-    assert all(0 <= t <= 1 for t in meta["thresholds"])  # 0 = always predict, 1 = never
+    # on the tuner's grid, or exactly 0 (always predict) / 1 (never)
+    assert set(meta["thresholds"]) <= {0.0, 1.0, *metrics.THRESHOLD_GRID.tolist()}, meta["thresholds"]
     assert len(meta["head_weights"]) == 13 and meta["dataset"]["manifest_sha256"]
     history = (tmp_path / "log" / "e2e" / "history.csv").read_text().splitlines()
     assert len(history) == 3 and "val_mAP" in history[0] and "head_shoes_loss" in history[0]
@@ -205,6 +239,8 @@ def test_train_end_to_end_bundle_thresholds_and_reload(dataset, tmp_path, capsys
     s = metrics.summary(y, scores, np.array(meta["thresholds"]))
     assert s["mAP"] == pytest.approx(meta["validation"]["mAP"], abs=1e-6)
     assert s["f2_samples"] == pytest.approx(meta["validation"]["f2_samples_tuned"], abs=1e-6)
+    y_train = pipeline.labels_of(pipeline.describe_split(dataset, "train").files, 13)
+    np.testing.assert_array_equal(meta["thresholds"], metrics.tune_thresholds(y, scores, y_train=y_train))
 
     # domain pretraining: a new model at another size takes this bundle's trunk
     fresh = model_lib.build_model(LABELS, image_size=48)
@@ -216,11 +252,30 @@ def test_train_end_to_end_bundle_thresholds_and_reload(dataset, tmp_path, capsys
     assert train_main(args) == 2
 
 
+@pytest.mark.slow
 def test_ctrl_c_then_resume_continues_epochs_and_optimizer(dataset, tmp_path):
     ms, log = tmp_path / "ms", tmp_path / "log"
-    args = ["--data", str(dataset), "--weights", "none", "--image-size", str(SIZE), "--layers", "heads",
-            "--epochs", "3", "--batch-size", "16", "--run", "r", "--model-save", str(ms), "--log", str(log),
-            "--eager"]
+    args = [
+        "--data",
+        str(dataset),
+        "--weights",
+        "none",
+        "--image-size",
+        str(SIZE),
+        "--layers",
+        "heads",
+        "--epochs",
+        "3",
+        "--batch-size",
+        "16",
+        "--run",
+        "r",
+        "--model-save",
+        str(ms),
+        "--log",
+        str(log),
+        "--eager",
+    ]
     proc = run_train(args)
     history = log / "r" / "history.csv"
     deadline = time.time() + 300
@@ -245,6 +300,7 @@ def test_ctrl_c_then_resume_continues_epochs_and_optimizer(dataset, tmp_path):
     assert int(np.asarray(last.optimizer.iterations)) == 3 * steps, "optimizer state carried across the stop"
 
 
+@pytest.mark.slow
 def test_lr_find_writes_plot_and_suggests(dataset, tmp_path, capsys):
     from fashion.training import suggest_lr
 
@@ -252,9 +308,24 @@ def test_lr_find_writes_plot_and_suggests(dataset, tmp_path, capsys):
     curve = [5.0] * 10 + list(np.linspace(5.0, 2.0, 12)) + [2.5, 4, 8, 16, 32, 64, 90, 99]
     lr = suggest_lr(lrs, curve)
     assert lrs[10] < lr < lrs[21], "inside the falling stretch"
-    args = ["--data", str(dataset), "--weights", "none", "--image-size", str(SIZE), "--layers", "heads",
-            "--lr-find", "--run", "lf", "--model-save", str(tmp_path / "ms"), "--log", str(tmp_path / "log"),
-            "--eager"]
+    args = [
+        "--data",
+        str(dataset),
+        "--weights",
+        "none",
+        "--image-size",
+        str(SIZE),
+        "--layers",
+        "heads",
+        "--lr-find",
+        "--run",
+        "lf",
+        "--model-save",
+        str(tmp_path / "ms"),
+        "--log",
+        str(tmp_path / "log"),
+        "--eager",
+    ]
     assert train_main(args) == 0
     assert "suggested learning rate" in capsys.readouterr().out
     png = tmp_path / "log" / "lf" / "lr_find.png"

@@ -1,0 +1,108 @@
+"""What runs beside model.fit: validation scoring per epoch, checkpoints with the run's progress
+(state.json, read by --resume), and the console copy in log/RUN/console.log."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from . import fileio
+from .optim import current_lr
+
+
+class EpochEval(keras.callbacks.Callback):
+    """Scores the validation set after each epoch with the task's own measures (tasks: `epoch_logs`),
+    adds them and the learning rate to the logs (history.csv, TensorBoard) and prints one line."""
+
+    def __init__(self, task, val_ds, y_val: np.ndarray):
+        super().__init__()
+        self.task, self.val_ds, self.y_val = task, val_ds, y_val
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.t0 = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs if logs is not None else {}
+        scores, shown = self.task.epoch_logs(self.y_val, self.task.predict(self.model, self.val_ds))
+        logs.update(scores)
+        logs["learning_rate"] = current_lr(self.model.optimizer)
+        took = time.perf_counter() - self.t0
+        print(
+            f"epoch {epoch + 1}: loss {logs.get('loss', float('nan')):.4f}  val_loss "
+            f"{logs.get('val_loss', float('nan')):.4f}  {shown}  lr {logs['learning_rate']:.2e}  ({took:.0f}s)",
+            flush=True,
+        )
+
+
+@dataclass
+class Progress:
+    """Where a run stands, as state.json keeps it: stages done, epochs done, the best monitored validation
+    score so far, and optimizer steps already taken into the next epoch (after Ctrl-C)."""
+
+    stage: int = 0
+    epoch: int = 0
+    best_score: float = float("-inf")
+    step: int = 0
+
+    FILE = "state.json"
+
+    @classmethod
+    def load(cls, folder: Path) -> Progress:
+        raw = json.loads((folder / cls.FILE).read_text())
+        # runs written before `best_score` kept the monitored value (whatever the task's) as `best_mAP`
+        best = raw.get("best_score", raw.get("best_mAP", float("-inf")))
+        return cls(raw["stage"], raw["epoch"], best, raw.get("step", 0))
+
+    def save(self, folder: Path) -> None:
+        state = {"stage": self.stage, "epoch": self.epoch, "best_score": self.best_score}
+        if self.step:
+            state["step"] = self.step
+        fileio.atomic_write_json(folder / self.FILE, state)
+
+
+class Checkpoints(keras.callbacks.Callback):
+    """last.keras every epoch; best.keras when `monitor` (higher is better) beats `best_score`; then
+    state.json. Each file is written under a temporary name and renamed."""
+
+    def __init__(self, folder: Path, stage: int, monitor: str, best_score: float = float("-inf")):
+        super().__init__()
+        self.folder, self.stage, self.monitor, self.best_score = folder, stage, monitor, best_score
+
+    def score(self, logs) -> float:
+        value = (logs or {}).get(self.monitor, float("-inf"))
+        return float("-inf") if value is None or np.isnan(value) else value
+
+    def on_epoch_end(self, epoch, logs=None):
+        score = self.score(logs)
+        last = self.folder / "last.keras"
+        fileio.save_model_atomic(self.model, last)
+        if score > self.best_score:
+            self.best_score = score
+            with fileio.atomic_path(self.folder / "best.keras") as tmp:
+                shutil.copyfile(last, tmp)
+        Progress(self.stage, epoch + 1, self.best_score).save(self.folder)
+
+
+class Tee:
+    """Copies the console to log/RUN/console.log."""
+
+    def __init__(self, stream, path: Path):
+        self.stream, self.file = stream, open(path, "a", encoding="utf-8")
+
+    def write(self, s):
+        self.stream.write(s)
+        self.file.write(s)
+        return len(s)
+
+    def flush(self):
+        self.stream.flush()
+        self.file.flush()
+
+    def isatty(self):
+        return self.stream.isatty()

@@ -1,0 +1,175 @@
+"""The detect.py job: images in batches through a bundle, one console block per image, JSON/CSV out.
+
+Multilabel bundles: every label's probability and the labels past their thresholds (marked *);
+single-label bundles (multiclass, binary): the predicted class, its score and the top-k table.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import sys
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from . import prediction
+from .config import DetectConfig
+from .errors import EXIT_FAILURES, EXIT_OK
+from .fetching import Fetcher, FetchError
+from .fileio import atomic_write_text
+from .imaging import ImageError
+
+
+def threshold_text(t: float) -> str:
+    """0 and 1 are the tuner's "always" / "never": validation data did not earn this label a real cut."""
+    return "threshold 0: always" if t <= 0 else "threshold 1: never" if t >= 1 else f"threshold {t:.2f}"
+
+
+def single_result(p: np.ndarray, classes: list[str], k: int, cut: float | None) -> dict:
+    """One image of a single-label bundle: class, score, top_k (and for binary the positive class's
+    probability and the threshold that decided)."""
+    best = (1 if p[1] >= cut else 0) if cut is not None else int(p.argmax())
+    r = {
+        "class": classes[best],
+        "score": round(float(p[best]), 6),
+        "top_k": [{"label": c, "score": round(v, 6)} for c, v in prediction.top_k(p, classes, k)],
+        "probabilities": {c: round(float(v), 6) for c, v in zip(classes, p)},
+    }
+    if cut is not None:
+        r.update({"positive": classes[1], "probability": round(float(p[1]), 6), "threshold": float(cut)})
+    return r
+
+
+def single_lines(src: str, r: dict, width: int, cut: float | None) -> str:
+    if cut is not None:
+        head = (
+            f"{src}: {r['class']} {r['score']:.3f}   (p({r['positive']}) = {r['probability']:.3f}, threshold {cut:.2f})"
+        )
+    else:
+        head = f"{src}: {r['class']} {r['score']:.3f}"
+    return "\n".join(
+        [head]
+        + [f"  {'*' if t['label'] == r['class'] else ' '} {t['label']:<{width}} {t['score']:6.3f}" for t in r["top_k"]]
+    )
+
+
+def multilabel_result(p: np.ndarray, labels: list[str], thresholds: np.ndarray, top_k: int | None) -> dict:
+    """One image of a multilabel bundle: every label's probability, the labels past their thresholds
+    and, with --top-k, the K most probable."""
+    r: dict[str, Any] = {
+        "probabilities": {lb: round(float(v), 6) for lb, v in zip(labels, p)},
+        "labels": [lb for lb, v, t in zip(labels, p, thresholds) if v >= t],
+    }
+    if top_k:
+        r["top_k"] = [{"label": lb, "score": round(v, 6)} for lb, v in prediction.top_k(p, labels, top_k)]
+    return r
+
+
+def multilabel_lines(
+    src: str, r: dict, p: np.ndarray, labels: list[str], thresholds: np.ndarray, width: int, top_k: int | None
+) -> str:
+    chosen = r["labels"]
+    lines = [f"{src}: {', '.join(chosen) if chosen else '(no label passes its threshold)'}"]
+    # --top-k: the K most probable labels, most probable first; else every label in label order
+    order = np.argsort(-p, kind="stable")[:top_k] if top_k else range(len(p))
+    th = dict(zip(labels, thresholds))
+    lines += [
+        f"  {'*' if p[i] >= th[labels[i]] else ' '} {labels[i]:<{width}} "
+        f"{p[i]:6.3f}   ({threshold_text(th[labels[i]])})"
+        for i in order
+    ]
+    return "\n".join(lines)
+
+
+def csv_text(results: dict[str, dict], single: bool, columns: list[str]) -> str:
+    """One row per image; `columns`: the bundle's classes (single-label) or labels (multilabel)."""
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    if single:
+        w.writerow(["input", "class", "score", "top_k", *columns])
+        for src, r in results.items():
+            w.writerow(
+                [
+                    src,
+                    r["class"],
+                    f"{r['score']:.6f}",
+                    ";".join(f"{t['label']}:{t['score']:.4f}" for t in r["top_k"]),
+                    *(f"{r['probabilities'][c]:.6f}" for c in columns),
+                ]
+            )
+    else:
+        w.writerow(["input", "labels", *columns])
+        for src, r in results.items():
+            w.writerow([src, ";".join(r["labels"]), *(f"{r['probabilities'][lb]:.6f}" for lb in columns)])
+    return buf.getvalue()
+
+
+class Detector:
+    """A bundle with the options that decide how its probabilities become labels."""
+
+    def __init__(self, cfg: DetectConfig, bundle: prediction.Bundle):
+        self.cfg, self.bundle = cfg, bundle
+        self.single = bundle.task != "multilabel"
+        self.classes = bundle.classes
+        t = cfg.threshold
+        self.thresholds = np.full(len(bundle.labels), t) if t is not None else bundle.thresholds
+        self.cut = (t if t is not None else bundle.threshold) if bundle.task == "binary" else None
+        self.k = cfg.top_k if cfg.top_k else min(5, len(self.classes))
+        self.width = max(len(lb) for lb in self.classes)
+
+    def result(self, src: str, p: np.ndarray) -> tuple[dict, str]:
+        """One image's result and its console block."""
+        if self.single:
+            r = single_result(p, self.classes, self.k, self.cut)
+            return r, single_lines(src, r, self.width, self.cut)
+        labels, top = self.bundle.labels, self.cfg.top_k
+        r = multilabel_result(p, labels, self.thresholds, top)
+        return r, multilabel_lines(src, r, p, labels, self.thresholds, self.width, top)
+
+    def batch(self, sources: list[str], fetcher: Fetcher, results: dict[str, dict]) -> int:
+        """Predict one batch into `results`, printing each image's block; returns how many failed to load."""
+        chunk, arrays = [], []
+        for src in sources:
+            try:
+                arrays.append(prediction.load_image(src, fetcher, self.bundle.input_size))
+                chunk.append(src)
+            except (FetchError, ImageError, OSError) as e:
+                tqdm.write(f"error: {src}: {e}", file=sys.stderr)
+        if arrays:
+            probs = prediction.predict_arrays(self.bundle, np.stack(arrays), tta=self.cfg.tta)
+            for src, p in zip(chunk, probs):
+                results[src], lines = self.result(src, p)
+                if not self.cfg.quiet:
+                    tqdm.write(lines)
+        return len(sources) - len(chunk)
+
+
+def run(cfg: DetectConfig) -> int:
+    """detect.py: EXIT_OK when every input was processed, EXIT_FAILURES when some failed (or none were
+    given). A missing or broken bundle raises (BundleError, OSError, ValueError)."""
+    bundle = prediction.load_bundle(cfg.model, cfg.model_save)
+    if bundle.task == "multiclass" and cfg.threshold is not None:
+        print("note: --threshold does not apply to a multiclass bundle (the most probable class wins)", file=sys.stderr)
+    detector = Detector(cfg, bundle)
+    fetcher = Fetcher(min_bytes=0, retries=2, pool_size=4)
+    inputs = list(prediction.expand_inputs(cfg.inputs))
+    results: dict[str, dict] = {}
+    failed = 0
+    n = cfg.batch_size
+    bar = tqdm(total=len(inputs), unit="img", desc="detect", disable=len(inputs) <= n, file=sys.stderr)
+    for start in range(0, len(inputs), n):
+        failed += detector.batch(inputs[start : start + n], fetcher, results)
+        bar.update(len(inputs[start : start + n]))
+    bar.close()
+    if cfg.json:
+        atomic_write_text(cfg.json, json.dumps(results, indent=2) + "\n")
+    if cfg.csv:
+        atomic_write_text(
+            cfg.csv, csv_text(results, detector.single, detector.classes if detector.single else bundle.labels)
+        )
+    if failed:
+        print(f"{failed} of {len(inputs)} input(s) failed; {len(results)} processed", file=sys.stderr)
+    return EXIT_FAILURES if failed or not inputs else EXIT_OK

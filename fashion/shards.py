@@ -1,0 +1,82 @@
+"""The plan of a `generate_dataset.py` run: which item goes into which shard, and its fingerprint.
+
+Every shard's content is fixed by the plan (the list, the split and the
+options), so a rerun of the same command plans the same shards and finds the
+finished ones on disk; the fingerprint names that plan.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from . import records, splits
+from .config import IngestConfig
+from .sources import Item
+
+
+@dataclass
+class ShardPlan:
+    split: str
+    index: int
+    total: int
+    part: str
+    items: list[Item]
+
+    @property
+    def name(self) -> str:
+        return records.shard_name(self.split, self.index, self.total, self.part)
+
+
+def _content_options(cfg: IngestConfig) -> dict[str, Any]:
+    """Options that change what ends up in the records (a rerun must match them)."""
+    keys = (
+        "image_size",
+        "resize",
+        "quality",
+        "min_side",
+        "max_pixels",
+        "min_bytes",
+        "max_bytes",
+        "val_fraction",
+        "val_count",
+        "seed",
+        "shard_size",
+    )
+    return {k: getattr(cfg, k) for k in keys}
+
+
+def fingerprint(cfg: IngestConfig, labels: list[str], items: list[Item]) -> str:
+    h = hashlib.sha256(json.dumps([_content_options(cfg), labels], sort_keys=True).encode())
+    for it in items:
+        given = f"\t{it.split}" if it.split else ""  # unchanged for the list formats (their reruns match)
+        h.update(f"{it.id}\t{it.source}\t{''.join(map(str, it.labels))}{given}\n".encode())
+    return h.hexdigest()[:16]
+
+
+def plan_shards(items: list[Item], cfg: IngestConfig, part: str, shuffle: bool = False) -> list[ShardPlan]:
+    """Split the items, then cut each split into shards of `shard_size` in list order.
+
+    Items whose split the source fixed (train/val/test folders or lists) keep it; the others are
+    split by `split_indices`. `shuffle` mixes each split's order with `--seed` (folder sources come
+    sorted by class, and a class-sorted shard would starve the training shuffle buffer).
+    """
+    free = [i for i, it in enumerate(items) if not it.split]
+    width = len(items[0].labels) if items else 0
+    y = np.array([items[i].labels for i in free], dtype=int).reshape(len(free), width)
+    train_idx, val_idx = splits.split_indices(y, val_fraction=cfg.val_fraction, val_count=cfg.val_count, seed=cfg.seed)
+    assigned = {free[i]: "train" for i in train_idx} | {free[i]: "val" for i in val_idx}
+    plans: list[ShardPlan] = []
+    for split in records.ALL_SPLITS:
+        chosen = [it for i, it in enumerate(items) if (it.split or assigned.get(i)) == split]
+        if shuffle:
+            rng = np.random.default_rng([cfg.seed, records.ALL_SPLITS.index(split)])
+            chosen = [chosen[i] for i in rng.permutation(len(chosen))]
+        total = max(1, -(-len(chosen) // cfg.shard_size)) if chosen else 0
+        for s in range(total):
+            plans.append(ShardPlan(split, s, total, part, chosen[s * cfg.shard_size : (s + 1) * cfg.shard_size]))
+    return plans

@@ -1,0 +1,112 @@
+"""The per-image work of `generate_dataset.py` and the pools that run it.
+
+Threads fetch (they wait on the network); one process per core decodes and
+resizes; results come back in list order with a bounded number in flight.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing
+import os
+import signal
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
+from typing import Any
+
+from . import imaging, records
+from .config import IngestConfig
+from .fetching import Fetcher, FetchError
+from .sources import Failure, Item
+
+Result = tuple[Item, bytes | None, Failure | None]  # (item, serialized example, failure): one is None
+
+
+def make_worker(cfg: IngestConfig, fetcher: Fetcher, pool: ProcessPoolExecutor | None) -> Callable[[Item], Result]:
+    """The per-item function run in the pool: fetch, verify, resize, encode, serialize."""
+
+    options = dict(
+        size=cfg.image_size, mode=cfg.resize, quality=cfg.quality, min_side=cfg.min_side, max_pixels=cfg.max_pixels
+    )
+
+    def work(item: Item) -> Result:
+        try:
+            data = fetcher.fetch(item.source)
+            # Threads wait on the network; decoding runs in one process per core, because the
+            # GIL-bound parts of a threaded decoder held it to ~1.5 of 2 cores (measured).
+            if pool is None:
+                jpeg, h, w = imaging.process(data, **options)
+            else:
+                jpeg, h, w = pool.submit(imaging.process, data, **options).result()
+            example = records.make_example(jpeg, id=item.id, source=item.source, height=h, width=w, labels=item.labels)
+            return item, example, None
+        except (FetchError, imaging.ImageError) as e:
+            return item, None, Failure(item.id, item.source, str(e), item.line)
+        except Exception as e:  # one bad file must never stop the run
+            return item, None, Failure(item.id, item.source, f"error: {type(e).__name__}: {e}", item.line)
+
+    return work
+
+
+def _decoder_init(parent: int) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is handled once, by the parent
+
+    def watch() -> None:  # a SIGKILLed parent cannot stop us: leave when it is gone
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(0)
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
+def decoder_pool(n_images: int) -> ProcessPoolExecutor | None:
+    """One decoding process per core; none for tiny jobs or one core (start-up would dominate)."""
+    cores = os.cpu_count() or 1
+    if cores < 2 or n_images < 64:
+        return None
+    # spawn, not fork: the parent already runs TensorFlow's threads.
+    return ProcessPoolExecutor(
+        cores, mp_context=multiprocessing.get_context("spawn"), initializer=_decoder_init, initargs=(os.getpid(),)
+    )
+
+
+def ordered_map(fn, items: Iterable[Item], workers: int, window: int) -> Iterator[Any]:
+    """Like `executor.map`, but with at most `window` items in flight (memory stays flat)."""
+    ex = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fetch")
+    pending: deque[Future] = deque()
+    try:
+        for it in items:
+            pending.append(ex.submit(fn, it))
+            if len(pending) >= window:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+    finally:
+        # On Ctrl-C or an error: drop queued work; running downloads end within their timeout.
+        ex.shutdown(wait=False, cancel_futures=True)
+
+
+@contextlib.contextmanager
+def processed(cfg: IngestConfig, items: Iterable[Item], n_items: int) -> Iterator[Iterator[Result]]:
+    """`make_worker`'s results for `items`, in order; the fetcher and both pools are closed on leaving."""
+    fetcher = Fetcher(
+        timeout=cfg.timeout,
+        connect_timeout=cfg.connect_timeout,
+        retries=cfg.retries,
+        max_bytes=cfg.max_bytes,
+        min_bytes=cfg.min_bytes,
+        pool_size=cfg.workers,
+        cache_dir=cfg.cache,
+    )
+    pool = decoder_pool(n_items)
+    results = ordered_map(make_worker(cfg, fetcher, pool), items, workers=cfg.workers, window=cfg.workers * 4)
+    try:
+        yield results
+    finally:
+        results.close()
+        fetcher.close()
+        if pool is not None:
+            pool.shutdown(wait=False, cancel_futures=True)
