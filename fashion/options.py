@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
+import sys
 import textwrap
 from collections.abc import Callable
 from pathlib import Path
@@ -128,8 +130,9 @@ def build_parser(
     (examples) keeps its lines.
     """
     described = getattr(cls, "GROUPS", {})
+    invoked = os.path.basename(sys.argv[0]) if sys.argv else ""
     p = argparse.ArgumentParser(
-        prog=prog,
+        prog=invoked if invoked.startswith("fashion-") else prog,  # console scripts name themselves
         description=textwrap.fill(description, 79),
         epilog=epilog,
         formatter_class=argparse.RawDescriptionHelpFormatter,
