@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from . import fileio, records, reports, review, sources, workers
+from . import class_sources, fileio, records, reports, review, workers
 from .config import IngestConfig
 from .errors import EXIT_FAILURES, EXIT_FATAL, EXIT_INTERRUPTED, EXIT_OK, IngestError
 from .records import verify
@@ -157,13 +157,13 @@ class Ingest:
     def _read_list(self, labels: list[str] | None) -> ParsedList:
         cfg = self.cfg
         if cfg.from_folders:
-            return sources.read_folders(cfg.from_folders, labels)
+            return class_sources.read_folders(cfg.from_folders, labels)
         if cfg.from_lists:
-            return sources.read_paddle_lists(cfg.from_lists, labels)
+            return class_sources.read_paddle_lists(cfg.from_lists, labels)
         if cfg.from_urls:
-            return sources.read_url_lists(cfg.from_urls, cfg.max_per_class, labels)
+            return class_sources.read_url_lists(cfg.from_urls, cfg.max_per_class, labels)
         if cfg.label_regex:
-            return sources.read_regex(cfg.list, cfg.label_regex, labels)
+            return class_sources.read_regex(cfg.list, cfg.label_regex, labels)
         stream, base = open_list(self.cfg.list)
         with stream:
             parsed = parse_list(stream, base, labels, name=self.cfg.list)
