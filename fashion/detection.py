@@ -112,11 +112,12 @@ class Detector:
 
     def __init__(self, cfg: DetectConfig, bundle: prediction.Bundle):
         self.cfg, self.bundle = cfg, bundle
-        self.single = bundle.task != "multilabel"
+        task = bundle.task_obj
+        self.single = task.single_label
         self.classes = bundle.classes
         t = cfg.threshold
         self.thresholds = np.full(len(bundle.labels), t) if t is not None else bundle.thresholds
-        self.cut = (t if t is not None else bundle.threshold) if bundle.task == "binary" else None
+        self.cut = (t if t is not None else bundle.threshold) if task.decides_by_cut else None
         self.k = cfg.top_k if cfg.top_k else min(5, len(self.classes))
         self.width = max(len(lb) for lb in self.classes)
 
@@ -151,7 +152,7 @@ def run(cfg: DetectConfig) -> int:
     """detect.py: EXIT_OK when every input was processed, EXIT_FAILURES when some failed (or none were
     given). A missing or broken bundle raises (BundleError, OSError, ValueError)."""
     bundle = prediction.load_bundle(cfg.model, cfg.model_save)
-    if bundle.task == "multiclass" and cfg.threshold is not None:
+    if not bundle.task_obj.fixed_threshold and cfg.threshold is not None:
         print("note: --threshold does not apply to a multiclass bundle (the most probable class wins)", file=sys.stderr)
     detector = Detector(cfg, bundle)
     fetcher = Fetcher(min_bytes=0, retries=2, pool_size=4)

@@ -73,6 +73,9 @@ class Task:
     """Base class; see MultiLabel, MultiClass and Binary. `heads` may be given (a bundle's meta.json)."""
 
     name = ""
+    single_label = False  # one class per image (detect prints class + top-k, not a label list)
+    fixed_threshold = True  # detect --threshold applies (multiclass: the most probable class wins)
+    decides_by_cut = False  # the label is p(positive) >= a tuned cut (binary)
     monitor = ""  # the validation value that picks best.keras (and drives --schedule plateau)
     losses_note = ""  # how the top-losses figure titles its images
 

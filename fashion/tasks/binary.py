@@ -21,6 +21,7 @@ def binary_classes(labels: list[str]) -> list[str]:
 
 class Binary(SingleLabel):
     name = "binary"
+    decides_by_cut = True
     monitor = "val_auc"
     head, activation = "head_sigmoid", "sigmoid"
     units = 1

@@ -13,6 +13,7 @@ from .single import SingleLabel
 
 class MultiClass(SingleLabel):
     name = "multiclass"
+    fixed_threshold = False
     monitor = "val_accuracy"
     head, activation = "head_softmax", "softmax"
 

@@ -31,6 +31,8 @@ class SingleLabel(Task):
     """What multiclass and binary share; subclasses say how label rows become class indices, what the
     probability columns are, their loss and their own scores."""
 
+    single_label = True
+
     head, activation = "", ""  # the one output layer's name and activation
     losses_note = "(true class and its probability; predicted class)"
 
