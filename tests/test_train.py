@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -298,6 +299,41 @@ def test_ctrl_c_then_resume_continues_epochs_and_optimizer(dataset, tmp_path):
     steps = -(-160 // 16)
     last = keras.saving.load_model(ms / "r" / "last.keras")
     assert int(np.asarray(last.optimizer.iterations)) == 3 * steps, "optimizer state carried across the stop"
+
+
+@pytest.mark.slow
+def test_resume_after_a_finished_stage_trains_only_what_is_left(dataset, tmp_path, capsys):
+    """A run stopped between its stages resumes with the epochs left: the stage loop once counted the
+    finished stages' epochs twice (`heads:1,heads:1` stopped after stage 1 trained epochs 2 and 3)."""
+    ms, log = tmp_path / "ms", tmp_path / "log"
+    args = [
+        "--data",
+        str(dataset),
+        "--weights",
+        "none",
+        "--image-size",
+        str(SIZE),
+        "--stages",
+        "heads:1,heads:1",
+        "--batch-size",
+        "16",
+        "--run",
+        "r",
+        "--model-save",
+        str(ms),
+        "--log",
+        str(log),
+        "--eager",
+    ]
+    assert train_main(args) == 0
+    state = json.loads((ms / "r" / "state.json").read_text())
+    assert (state["stage"], state["epoch"]) == (2, 2)
+    # as state.json stands when a run is stopped right after its first stage
+    (ms / "r" / "state.json").write_text(json.dumps({**state, "stage": 1, "epoch": 1}))
+    capsys.readouterr()
+    assert train_main(args + ["--resume"]) == 0
+    out = capsys.readouterr().out
+    assert re.findall(r"^epoch (\d+):", out, re.M) == ["2"], out
 
 
 @pytest.mark.slow
