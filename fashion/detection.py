@@ -6,8 +6,6 @@ single-label bundles (multiclass, binary): the predicted class, its score and th
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import sys
 from typing import Any
@@ -19,7 +17,7 @@ from . import prediction
 from .config import DetectConfig
 from .errors import EXIT_FAILURES, EXIT_OK
 from .fetching import Fetcher, FetchError
-from .fileio import atomic_write_text
+from .fileio import atomic_write_text, csv_text
 from .imaging import ImageError
 
 
@@ -84,27 +82,27 @@ def multilabel_lines(
     return "\n".join(lines)
 
 
-def csv_text(results: dict[str, dict], single: bool, columns: list[str]) -> str:
+def results_csv(results: dict[str, dict], single: bool, columns: list[str]) -> str:
     """One row per image; `columns`: the bundle's classes (single-label) or labels (multilabel)."""
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
     if single:
-        w.writerow(["input", "class", "score", "top_k", *columns])
-        for src, r in results.items():
-            w.writerow(
-                [
-                    src,
-                    r["class"],
-                    f"{r['score']:.6f}",
-                    ";".join(f"{t['label']}:{t['score']:.4f}" for t in r["top_k"]),
-                    *(f"{r['probabilities'][c]:.6f}" for c in columns),
-                ]
-            )
+        header = ["input", "class", "score", "top_k", *columns]
+        rows = (
+            [
+                src,
+                r["class"],
+                f"{r['score']:.6f}",
+                ";".join(f"{t['label']}:{t['score']:.4f}" for t in r["top_k"]),
+                *(f"{r['probabilities'][c]:.6f}" for c in columns),
+            ]
+            for src, r in results.items()
+        )
     else:
-        w.writerow(["input", "labels", *columns])
-        for src, r in results.items():
-            w.writerow([src, ";".join(r["labels"]), *(f"{r['probabilities'][lb]:.6f}" for lb in columns)])
-    return buf.getvalue()
+        header = ["input", "labels", *columns]
+        rows = (
+            [src, ";".join(r["labels"]), *(f"{r['probabilities'][lb]:.6f}" for lb in columns)]
+            for src, r in results.items()
+        )
+    return csv_text(header, rows)
 
 
 class Detector:
@@ -169,7 +167,7 @@ def run(cfg: DetectConfig) -> int:
         atomic_write_text(cfg.json, json.dumps(results, indent=2) + "\n")
     if cfg.csv:
         atomic_write_text(
-            cfg.csv, csv_text(results, detector.single, detector.classes if detector.single else bundle.labels)
+            cfg.csv, results_csv(results, detector.single, detector.classes if detector.single else bundle.labels)
         )
     if failed:
         print(f"{failed} of {len(inputs)} input(s) failed; {len(results)} processed", file=sys.stderr)
