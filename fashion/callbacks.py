@@ -60,6 +60,7 @@ class Progress:
         return cls(raw["stage"], raw["epoch"], best, raw.get("step", 0))
 
     def save(self, folder: Path) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
         state = {"stage": self.stage, "epoch": self.epoch, "best_score": self.best_score}
         if self.step:
             state["step"] = self.step
@@ -81,6 +82,7 @@ class Checkpoints(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         score = self.score(logs)
         last = self.folder / "last.keras"
+        self.folder.mkdir(parents=True, exist_ok=True)  # the run's first checkpoint makes model_save/RUN/
         fileio.save_model_atomic(self.model, last)
         if score > self.best_score:
             self.best_score = score

@@ -164,7 +164,7 @@ def read_paddle_lists(root: str | Path, fixed: list[str] | None = None) -> Parse
         if not path.is_file():
             continue
         split = split if has_val else ("" if split == "train" else split)
-        with open(path, encoding="utf-8", errors="replace") as f:
+        with open(path, encoding="utf-8-sig", errors="replace") as f:
             for n, raw in enumerate(f, start=1):
                 line = raw.strip()
                 if not line:
@@ -211,7 +211,7 @@ def read_url_lists(root: str | Path, max_per_class: int | None = None, fixed: li
     capped: set[str] = set()
     for path in files:
         cls = path.stem
-        with open(path, encoding="utf-8", errors="replace", newline="") as f:
+        with open(path, encoding="utf-8-sig", errors="replace", newline="") as f:
             for n, row in enumerate(csv.reader(f), start=1):
                 url = row[0].strip() if row else ""
                 if not url or url.startswith("#") or (n == 1 and url.lower() in SOURCE_COLUMNS):

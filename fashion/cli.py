@@ -9,13 +9,16 @@ so `--help` is fast.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
+import signal
 import sys
 import textwrap
 from collections.abc import Callable
 from pathlib import Path
 
 from .config import DetectConfig, EvaluateConfig, IngestConfig, TrainConfig
-from .errors import EXIT_FATAL, EXIT_OK, FashionError
+from .errors import EXIT_FATAL, EXIT_INTERRUPTED, EXIT_OK, FashionError
 from .options import build_parser, configure
 
 
@@ -53,7 +56,11 @@ def ingest_parser() -> argparse.ArgumentParser:
             79,
         )
         + "\n\nexit code: 0 everything written, 1 some lines skipped (see failures.csv),\n"
-        "           2 nothing done (bad options or input), 130 interrupted\n\nexamples:\n"
+        "           2 nothing done (bad options or input, an empty list, --out in use by another run),\n"
+        "           3 output disk full (finished shards kept: free the space named and rerun),\n"
+        "           130 interrupted\n"
+        "one run per --out at a time (a lock in it); --verify on a folder being written checks it read-only\n"
+        "as its dataset.json stands, with a warning naming the run\n\nexamples:\n"
         "  python generate_dataset.py data/sample/train+val.txt --labels data/sample/labels.txt --out data/records\n"
         "  # single-label (task multiclass, one-hot labels):\n"
         "  python generate_dataset.py --from-folders data/clothing-small --out data/cs    # CLASS/ or train|valid/CLASS/\n"
@@ -68,16 +75,46 @@ def ingest_parser() -> argparse.ArgumentParser:
 
 
 def generate_dataset_main(argv: list[str] | None = None) -> int:
+    own_process = argv is None  # the script or console entry point: the process ends when this returns
     argv = _argv(argv)
     args = vars(ingest_parser().parse_args(argv))
-    from . import ingest  # heavy imports only after --help has been served
+    try:
+        from . import ingest  # heavy imports only after --help has been served
 
-    if args.get("verify"):
-        return ingest.verify(args["verify"])
-    return _fatal(
-        (FashionError, ValueError, OSError),
-        lambda: ingest.Ingest(configure(IngestConfig, args), ingest.command_line(argv)).run(),
-    )
+        if args.get("verify"):
+            code = ingest.verify(args["verify"])
+        else:
+            code = _fatal(
+                (FashionError, ValueError, OSError),
+                lambda: ingest.Ingest(configure(IngestConfig, args), ingest.command_line(argv)).run(),
+            )
+    except KeyboardInterrupt:  # outside the shard loop (which says more): loading, finalizing, shutting down
+        if own_process:
+            _exit_on_interrupt()
+        print(
+            "\ninterrupted: rerun the same command to go on (finished shards and downloads are kept)", file=sys.stderr
+        )
+        code = EXIT_INTERRUPTED
+    if own_process:
+        _exit_on_interrupt()
+    return code
+
+
+def _exit_on_interrupt() -> None:
+    """From here a Ctrl-C ends the process at once with 130, without a traceback: the job is over
+    (everything it wrote is complete) and only the interpreter's teardown is left, where a
+    KeyboardInterrupt would surface inside the joins of pool threads."""
+
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:  # started with Ctrl-C ignored: keep it so
+        return
+
+    def leave(signum: int, frame: object) -> None:
+        with contextlib.suppress(Exception):
+            sys.stdout.flush()
+            sys.stderr.flush()
+        os._exit(EXIT_INTERRUPTED)
+
+    signal.signal(signal.SIGINT, leave)
 
 
 # --------------------------------------------------------------------------- train.py
@@ -99,7 +136,10 @@ def train_parser() -> argparse.ArgumentParser:
         "  python train.py --data data/pets --backbone resnet50 --stages heads:1,all:2:1e-4  # single-label\n"
         "  python train.py --data data/faces --task binary --backbone mobilenetv2 --alpha 0.35 "
         "--image-size 96\n"
-        "Exit code: 0 done, 2 bad options or input, 130 interrupted (checkpoint saved).",
+        "Exit code: 0 done; 2 bad options or input, one `error:` line: a shard missing or cut short\n"
+        "(or changed, with --verify-data) is named before anything is written, a record damaged\n"
+        "inside a shard is named when training reads it (the last checkpoint is kept: fix the data,\n"
+        "rerun with --resume --run NAME); 130 interrupted (checkpoint saved).",
     )
 
 
@@ -130,7 +170,10 @@ def detect_parser() -> argparse.ArgumentParser:
         "(0.5 when none was tuned).",
         "inputs: image files, folders (searched recursively), globs ('photos/*.jpg'),\n"
         "        http(s) URLs, or - to read paths/URLs from standard input\n"
-        "exit code: 0 all images processed, 1 some failed (one line each), 2 no model",
+        "exit code: 0 all images processed, 1 some failed (one line each), 2 no model or a bundle\n"
+        "           that cannot be used (one line naming model.keras or meta.json and what is wrong)\n"
+        "large JPEGs are decoded at a reduced scale (a 100-megapixel photo costs ~1.5 MP of memory);\n"
+        "--max-pixels and --max-bytes only stop decompression bombs and runaway downloads",
     )
 
 
@@ -161,7 +204,9 @@ def evaluate_parser() -> argparse.ArgumentParser:
         "with generate_dataset.py --apply-review) and index.html.",
         "examples:\n"
         "  python evaluate.py --model model_save/RUN --data data/records --split val --out report\n"
-        "  python evaluate.py --model model_save/pets --data data/pets --split test --table",
+        "  python evaluate.py --model model_save/pets --data data/pets --split test --table\n"
+        "exit code: 0 done, 2 bad options, no dataset, or a bundle that cannot be used (one line naming\n"
+        "           model.keras or meta.json and what is wrong)",
     )
 
 

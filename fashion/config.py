@@ -62,8 +62,14 @@ class IngestConfig(_Config):
     strict: bool = opt(False, "stop on the first malformed line instead of skipping it", group=IO)
     workers: int = opt(help="parallel downloads/decodes", group=FETCH, metavar="N", factory=default_workers)
     cache: str | None = opt(DEFAULT_CACHE, "download cache folder ('' to disable)", group=FETCH, metavar="DIR")
-    timeout: float = opt(10.0, "read timeout per request, seconds", group=FETCH, metavar="S")
-    connect_timeout: float = opt(5.0, "connect timeout, seconds", group=FETCH, metavar="S")
+    timeout: float = opt(
+        30.0,
+        "deadline for the whole download of one image (connection, retries, backoff and body), seconds: "
+        "a server that stalls or drips bytes is cut off when it passes",
+        group=FETCH,
+        metavar="S",
+    )
+    connect_timeout: float = opt(5.0, "connect timeout per attempt, seconds", group=FETCH, metavar="S")
     retries: int = opt(
         3, "retries on connection errors, timeouts, 429 and 5xx (with backoff)", group=FETCH, metavar="N"
     )
@@ -157,6 +163,8 @@ class IngestConfig(_Config):
             raise IngestError(f"--val-fraction must be in [0, 1), got {self.val_fraction}")
         if self.workers < 1 or self.shard_size < 1:
             raise IngestError("--workers and --shard-size must be at least 1")
+        if not (self.timeout > 0 and self.connect_timeout > 0):
+            raise IngestError("--timeout and --connect-timeout must be more than 0 seconds")
         self._validate_source()
         if self.max_per_class is not None and (self.max_per_class < 1 or not self.from_urls):
             raise IngestError("--max-per-class takes N >= 1 and works with --from-urls")
@@ -202,6 +210,12 @@ class TrainConfig(_Config):
     """Everything `train.py` needs."""
 
     data: str = opt(DEFAULT_RECORDS, "dataset folder (dataset.json + shards)", group=RUN, metavar="DIR")
+    verify_data: bool = opt(
+        False,
+        "before training, also check every shard's sha256 against dataset.json (reads every byte, ~1 GB/s); "
+        "without it each shard's presence and size are checked, and a record damaged inside is named when read",
+        group=RUN,
+    )
     run: str | None = opt(
         None, "run name: model_save/RUN and log/RUN (default: a timestamp)", group=RUN, metavar="NAME"
     )
@@ -373,6 +387,8 @@ class _BundleConfig(_Config):
 class DetectConfig(_BundleConfig):
     """Everything `detect.py` needs."""
 
+    PILLOW_MAX_PIXELS = 2 * 89_478_485  # PIL.Image raises DecompressionBombError past 2 x MAX_IMAGE_PIXELS
+
     inputs: list[str] = opt(
         help="images, folders, globs, URLs or -", positional=True, nargs="+", metavar="IMAGE", shown=False, factory=list
     )
@@ -406,11 +422,27 @@ class DetectConfig(_BundleConfig):
     tta: bool = opt(False, "average with the mirrored image")
     batch_size: int = opt(32, "images per batch", metavar="N")
     quiet: bool = opt(False, "no per-image table (with --json/--csv)")
+    # large JPEGs decode at a reduced DCT scale (a 100 MP photo as ~1.5 MP), so the limit is against
+    # decompression bombs, not phone photos; Pillow refuses more than 178,956,970 pixels whatever it says
+    max_pixels: int = opt(
+        150_000_000,
+        "refuse images with more pixels, read from the header (decompression bombs); at most 178956970",
+        metavar="N",
+    )
+    max_bytes: int = opt(
+        128 * 1024 * 1024, "largest image file or download accepted (e.g. 64MB)", type=parse_size, metavar="SIZE"
+    )
 
     def validate(self) -> None:
         check_choices(self, ValueError)
         if self.batch_size < 1:
             raise ValueError(f"--batch-size must be at least 1, got {self.batch_size}")
+        if not 1 <= self.max_pixels <= self.PILLOW_MAX_PIXELS:
+            raise ValueError(
+                f"--max-pixels must be from 1 to {self.PILLOW_MAX_PIXELS:,} (Pillow's own hard stop), got {self.max_pixels:,}"
+            )
+        if self.max_bytes < 1:
+            raise ValueError(f"--max-bytes must be at least 1, got {self.max_bytes}")
 
 
 @dataclass

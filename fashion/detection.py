@@ -133,7 +133,7 @@ class Detector:
         chunk, arrays = [], []
         for src in sources:
             try:
-                arrays.append(prediction.load_image(src, fetcher, self.bundle.input_size))
+                arrays.append(prediction.load_image(src, fetcher, self.bundle.input_size, self.cfg.max_pixels))
                 chunk.append(src)
             except (FetchError, ImageError, OSError) as e:
                 tqdm.write(f"error: {src}: {e}", file=sys.stderr)
@@ -153,7 +153,7 @@ def run(cfg: DetectConfig) -> int:
     if not bundle.task_obj.fixed_threshold and cfg.threshold is not None:
         print("note: --threshold does not apply to a multiclass bundle (the most probable class wins)", file=sys.stderr)
     detector = Detector(cfg, bundle)
-    fetcher = Fetcher(min_bytes=0, retries=2, pool_size=4)
+    fetcher = Fetcher(min_bytes=0, max_bytes=cfg.max_bytes, retries=2, pool_size=4)
     inputs = list(prediction.expand_inputs(cfg.inputs))
     results: dict[str, dict] = {}
     failed = 0

@@ -7,6 +7,9 @@ The lowest layer: every module may import it, it imports nothing of ours.
 EXIT_OK = 0  # everything done
 EXIT_FAILURES = 1  # done, but some inputs were skipped (listed in failures.csv / one line each)
 EXIT_FATAL = 2  # nothing done: bad options, bad input, missing data or model
+# generate_dataset.py: the output disk filled up; finished shards are kept, the half-written one removed:
+# free the space the message names and rerun the same command to finish.
+EXIT_DISK_FULL = 3
 EXIT_INTERRUPTED = 130  # Ctrl-C; rerun (or --resume) to go on
 
 

@@ -12,6 +12,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import tempfile
 import threading
 from collections.abc import Iterable, Iterator
@@ -80,18 +81,52 @@ def sha256_file(path: str | Path) -> str:
     return h.hexdigest()
 
 
+# A cell starting with one of these is run as a formula by spreadsheets (OWASP "CSV injection"):
+# such id/source cells are written with a leading `'`, which spreadsheets show as text and
+# read_csv_rows removes again. Cells already starting with `'` before one of them get one more,
+# so every id reads back exactly as written.
+_FORMULA = re.compile(r"'*[=+\-@\t\r]")
+ESCAPED_COLUMNS = ("id", "source", "input")
+
+
+def escape_cell(cell: str) -> str:
+    return "'" + cell if _FORMULA.match(cell) else cell
+
+
+def unescape_cell(cell: str) -> str:
+    return cell[1:] if cell.startswith("'") and _FORMULA.match(cell, 1) else cell
+
+
+def _columns(header: list[str]) -> list[int]:
+    return [i for i, name in enumerate(header) if name in ESCAPED_COLUMNS]
+
+
 def csv_text(header: list[str], rows: Iterable[Iterable[Any]]) -> str:
+    """CSV text with a header row; id/source/input cells escaped against spreadsheet formulas."""
+    cols = _columns(header)
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(header)
-    w.writerows(rows)
+    for row in rows:
+        row = list(row)
+        for i in cols:
+            if i < len(row) and isinstance(row[i], str):
+                row[i] = escape_cell(row[i])
+        w.writerow(row)
     return buf.getvalue()
 
 
 def read_csv_rows(path: Path) -> list[list[str]]:
-    """Rows of a CSV written by us, without its header; [] when the file is absent."""
+    """Rows of a CSV written by `csv_text`, without its header, cells as they were given; [] when absent."""
     if not path.is_file():
         return []
     with open(path, encoding="utf-8", newline="") as f:
         rows = list(csv.reader(f))
+    if not rows:
+        return []
+    cols = _columns(rows[0])
+    for row in rows[1:]:
+        for i in cols:
+            if i < len(row):
+                row[i] = unescape_cell(row[i])
     return rows[1:]

@@ -7,6 +7,7 @@ decoding, so a decompression bomb is refused without allocating it.
 
 from __future__ import annotations
 
+import codecs
 import io
 import warnings
 
@@ -48,13 +49,45 @@ def sniff(data: bytes) -> str | None:
     return None
 
 
+# What a file that is not an image usually is: named in failures.csv instead of its bytes
+# (the first bytes of a local file may be anything, a key or a password included).
+_NOT_IMAGES = (
+    (b"%PDF", "a PDF document"),
+    (b"PK\x03\x04", "a ZIP archive (or an Office document)"),
+    (b"\x1f\x8b", "gzip-compressed data"),
+    (b"7z\xbc\xaf\x27\x1c", "a 7-Zip archive"),
+    (b"\x7fELF", "an executable (ELF)"),
+    (b"8BPS", "a Photoshop document (PSD, not supported)"),
+    (b"\x00\x00\x01\x00", "an icon (ICO, not supported)"),
+)
+
+
 def describe_non_image(data: bytes) -> str:
+    """`not an image: <what it is>`: the detected type only, never the content."""
     head = data[:512].lstrip().lower()
-    if head.startswith((b"<!doctype html", b"<html")) or b"<html" in head:
-        return "not an image: content is an HTML page"
     if not data:
-        return "not an image: empty file"
-    return f"not an image: unrecognised content starting {data[:8]!r}"
+        kind = "empty file"
+    elif head.startswith((b"<!doctype html", b"<html")) or b"<html" in head:
+        kind = "content is an HTML page"
+    elif b"<svg" in head:
+        kind = "an SVG drawing (vector images are not supported)"
+    elif data[4:8] == b"ftyp":  # ISO media: HEIC/AVIF photos or MP4/QuickTime video
+        photo = data[8:12] in (b"heic", b"heix", b"mif1", b"msf1", b"avif", b"avis")
+        kind = "a HEIC/AVIF photo (not supported: convert it to JPEG)" if photo else "a video (MP4/QuickTime)"
+    else:
+        kind = next((name for magic, name in _NOT_IMAGES if data.startswith(magic)), None) or _text_or_binary(data)
+    return f"not an image: {kind}"
+
+
+def _text_or_binary(data: bytes) -> str:
+    head = data[:512]
+    try:  # final=False: a multi-byte character cut at 512 bytes is still text
+        text = codecs.getincrementaldecoder("utf-8")().decode(head, final=False)
+    except UnicodeDecodeError:
+        text = None
+    if text is not None and all(c.isprintable() or c in "\t\r\n" for c in text):
+        return "a text file (JSON?)" if head.lstrip()[:1] in (b"{", b"[") else "a text file"
+    return f"unrecognised binary data ({len(data):,} bytes)"
 
 
 def header_size(data: bytes) -> tuple[int, int]:
@@ -97,7 +130,12 @@ def decode_rgb(data: bytes, *, target: int = 0, min_side: int = 1, max_pixels: i
     fmt = sniff(data)
     if fmt is None:
         raise ImageError(describe_non_image(data))
-    width, height = header_size(data)
+    try:
+        width, height = header_size(data)
+    except ImageError as e:  # Pillow's own stop (2 x Image.MAX_IMAGE_PIXELS): still say which flag limits
+        if str(e).startswith("too many pixels"):
+            raise ImageError(f"{e} (--max-pixels {max_pixels:,})") from None
+        raise
     if width * height > max_pixels:
         raise ImageError(f"too many pixels: {width}x{height} = {width * height:,} > --max-pixels {max_pixels:,}")
     if min(width, height) < min_side:

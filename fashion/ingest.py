@@ -7,9 +7,10 @@ until the manifest is written last. Kill the process at any point and rerun
 the same command: finished shards are kept, downloads come from the cache,
 and every good line ends up in the dataset exactly once.
 
-The path of the data: read the list (sources, review) -> plan the shards (shards)
--> claim `OUT/.partial/` -> write the shards (workers: fetching, imaging; records)
--> finalize the manifest. `verify` lives beside the record format, in records.
+The path of the data, with `OUT` locked against a second run (outlock): read the list
+(sources, review) -> plan the shards (shards) -> claim `OUT/.partial/` -> write the shards
+(workers: fetching, imaging; records) -> finalize the manifest (manifest). A full disk ends
+the run with one line (diskfull). `verify` lives beside the record format, in records.
 """
 
 from __future__ import annotations
@@ -19,19 +20,18 @@ import shlex
 import shutil
 import sys
 import time
-from collections import Counter
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from tqdm import tqdm
 
-from . import class_sources, fileio, records, reports, review, workers
+from . import class_sources, diskfull, fileio, outlock, records, reports, review, workers
 from .config import IngestConfig
-from .errors import EXIT_FAILURES, EXIT_FATAL, EXIT_INTERRUPTED, EXIT_OK, IngestError
+from .errors import EXIT_DISK_FULL, EXIT_FAILURES, EXIT_FATAL, EXIT_INTERRUPTED, EXIT_OK, IngestError
+from .manifest import add_part, new_manifest, timestamp
 from .records import verify
 from .shards import ShardPlan, fingerprint, plan_shards
 from .sources import Failure, Item, ParsedList, open_list, parse_list, read_label_names
@@ -62,6 +62,8 @@ class Ingest:
         self.partial = self.out / PARTIAL
         self.task = "multilabel"
         self.review_info: dict[str, Any] | None = None
+        self.part: Part | None = None  # set once planned; what a disk-full message counts from
+        self.writer: records.ShardWriter | None = None  # the shard being written
 
     @property
     def source_name(self) -> str:
@@ -69,13 +71,27 @@ class Ingest:
         return c.from_folders or c.from_lists or c.from_urls or c.list
 
     def run(self) -> int:
+        """The job, holding the output folder's lock; a full disk ends it with one line and EXIT_DISK_FULL."""
+        try:
+            with outlock.hold(self.out):
+                return self._run()
+        except Exception as e:
+            if not diskfull.is_disk_full(e):
+                raise
+            plans = self.part.plans if self.part else []
+            done = [s for s in map(self._shard_done, plans) if s]
+            print(f"error: {diskfull.message(self.out, diskfull.progress(plans, done, self.writer))}", file=sys.stderr)
+            return EXIT_DISK_FULL
+
+    def _run(self) -> int:
         existing = self._existing_manifest()
         parsed = self._read_source(existing)
         # Fingerprint the list as given, before ids already in the dataset are dropped,
         # so a rerun of an interrupted --append recognises its own unfinished work.
         fp = fingerprint(self.cfg, parsed.label_names, parsed.items)
-        if self._already_holds(existing, fp):
-            return EXIT_OK
+        done = self._already_holds(existing, fp)
+        if done is not None:
+            return done
         part = self._plan(existing, parsed, fp)
 
         records.load_tensorflow()  # ~2 s: before the clock and the progress bar start
@@ -99,9 +115,8 @@ class Ingest:
     def _existing_manifest(self) -> dict[str, Any] | None:
         cfg = self.cfg
         has_manifest = (self.out / records.MANIFEST).is_file()
-        if cfg.overwrite and (has_manifest or self.partial.exists()):
-            self._clear_out()
-            return None
+        if cfg.overwrite:
+            return None  # cleared in _plan, once the list has been read (a bad list must not cost the dataset)
         if cfg.append:
             if not has_manifest:
                 raise IngestError(f"--append: {self.out} has no {records.MANIFEST} to append to")
@@ -118,12 +133,18 @@ class Ingest:
             (self.out / name).unlink(missing_ok=True)
         shutil.rmtree(self.partial, ignore_errors=True)
 
-    def _already_holds(self, existing: dict[str, Any] | None, fp: str) -> bool:
-        if existing is None or not any(p.get("fingerprint") == fp for p in existing.get("parts", [])):
-            return False
+    def _already_holds(self, existing: dict[str, Any] | None, fp: str) -> int | None:
+        """A rerun of a finished command: its summary again and the exit code it ended with; else None."""
+        parts = existing.get("parts", []) if existing else []
+        k = next((k for k, p in enumerate(parts) if p.get("fingerprint") == fp), None)
+        if k is None:
+            return None
         shutil.rmtree(self.partial, ignore_errors=True)
         print(f"{self.out}: already holds the records of this exact command (fingerprint {fp}); nothing to do")
-        return True
+        first = sum(p.get("failures", 0) for p in parts[:k])  # failures.csv rows are in part order
+        rows = fileio.read_csv_rows(self.out / records.FAILURES)[first : first + parts[k].get("failures", 0)]
+        reports.print_rerun_summary(existing, parts[k], [r[2] for r in rows if len(r) > 2], self.out)
+        return EXIT_FAILURES if parts[k].get("failures") else EXIT_OK
 
     # ---- step 1: read the list
     def _read_source(self, existing: dict[str, Any] | None) -> ParsedList:
@@ -144,7 +165,19 @@ class Ingest:
             raise IngestError(f"{len(parsed.failures)} bad line(s) and --strict is set: nothing written")
         for f in parsed.failures:
             tqdm.write(f"warning: {self.source_name}: {f.reason}", file=sys.stderr)
+        if not parsed.items:  # a 0-record dataset.json would only block the folder
+            raise IngestError(self._nothing_usable(parsed))
         return parsed
+
+    def _nothing_usable(self, parsed: ParsedList) -> str:
+        dropped = self.review_info["dropped"] if self.review_info else 0
+        listed = self.source_name == self.cfg.list and not self.cfg.label_regex  # else a folder of images
+        why = "the list is empty or blank" if listed else "no image found"
+        if dropped:
+            why = f"--apply-review dropped all {dropped} usable line(s)"
+        elif parsed.failures:
+            why = f"all {len(parsed.failures)} line(s) are bad (warnings above)"
+        return f"{self.source_name}: nothing to ingest: {why}; nothing written"
 
     def _label_names(self, existing: dict[str, Any] | None) -> list[str] | None:
         names = read_label_names(self.cfg.labels) if self.cfg.labels else None
@@ -166,13 +199,7 @@ class Ingest:
             return class_sources.read_regex(cfg.list, cfg.label_regex, labels)
         stream, base = open_list(self.cfg.list)
         with stream:
-            parsed = parse_list(stream, base, labels, name=self.cfg.list)
-        if labels is not None and parsed.items and len(parsed.items[0].labels) != len(labels):
-            raise IngestError(
-                f"{self.cfg.list}: lines carry {len(parsed.items[0].labels)} labels but "
-                f"{len(labels)} label names are set"
-            )
-        return parsed
+            return parse_list(stream, base, labels, name=self.cfg.list)  # a label count that fits no line: ListError
 
     def _apply_review(self, parsed: ParsedList) -> dict[str, Any] | None:
         """--apply-review: drop/relabel before planning (so the fingerprint covers the result)."""
@@ -201,10 +228,13 @@ class Ingest:
             items, dupes = self._drop_known_ids(items, existing)
             skipped += dupes
         part = Part(self._part_tag(existing), fp, parsed.label_names, skipped)
+        self.part = part
+        if self.cfg.overwrite:
+            self._clear_out()
         self._claim_partial(fp)
         part.plans = plan_shards(items, self.cfg, part.tag, shuffle=parsed.task == "multiclass")
         if not items:
-            print("warning: no usable line in the list", file=sys.stderr)
+            print(f"warning: every line is already in {self.out}: nothing new to add", file=sys.stderr)
         return part
 
     def _drop_known_ids(self, items: list[Item], existing: dict[str, Any]) -> tuple[list[Item], list[Failure]]:
@@ -270,14 +300,19 @@ class Ingest:
         n_todo = sum(len(p.items) for p in todo)
         n_labels = len(plans[0].items[0].labels) if plans and plans[0].items else 0
         items = (it for p in todo for it in p.items)
-        with workers.processed(self.cfg, items, n_todo) as results, _Progress(n_total, n_total - n_todo) as bar:
+        with (
+            workers.processed(self.cfg, items, n_todo) as results,
+            reports.IngestProgress(n_total, n_total - n_todo) as bar,
+        ):
             for plan in todo:
                 self._write_shard(plan, n_labels, results, bar)
         return n_todo
 
-    def _write_shard(self, plan: ShardPlan, n_labels: int, results: Iterator[workers.Result], bar: _Progress) -> None:
+    def _write_shard(
+        self, plan: ShardPlan, n_labels: int, results: Iterator[workers.Result], bar: reports.IngestProgress
+    ) -> None:
         """One shard from the next `len(plan.items)` results, then its state file."""
-        writer = records.ShardWriter(self.out, plan.name, n_labels)
+        writer = self.writer = records.ShardWriter(self.out, plan.name, n_labels)
         fails: list[dict[str, Any]] = []
         index: list[list[str]] = []
         try:
@@ -294,9 +329,14 @@ class Ingest:
         except BaseException:
             writer.abort()
             raise
-        fileio.atomic_write_json(
-            self._state_path(plan), {**asdict(result), "split": plan.split, "failures": fails, "index": index}
-        )
+        try:
+            fileio.atomic_write_json(
+                self._state_path(plan), {**asdict(result), "split": plan.split, "failures": fails, "index": index}
+            )
+        except BaseException:
+            writer.path.unlink(missing_ok=True)  # not finished without its state: give its space back
+            raise
+        self.writer = None
 
     def _interrupted(self, plans: list[ShardPlan]) -> int:
         done = sum(1 for p in plans if self._shard_done(p))
@@ -321,7 +361,10 @@ class Ingest:
         old_fail = fileio.read_csv_rows(self.out / records.FAILURES)[: existing["failures"]] if existing else []
         old_index = _committed_index(self.out, existing) if existing else []
         new_failures = part.skipped + _image_failures(states)
-        manifest = self._updated_manifest(existing, part, states, new_failures)
+        ts = timestamp()
+        info = {"tag": part.tag, "fingerprint": part.fingerprint, "command": self.command, "review": self.review_info}
+        base = existing or new_manifest(self.cfg, self.task, part.labels, ts)
+        manifest = add_part(base, info, [p.split for p in part.plans], states, new_failures, self.task, ts)
 
         fileio.atomic_write_text(
             self.out / records.FAILURES,
@@ -336,88 +379,6 @@ class Ingest:
         fileio.atomic_write_json(self.out / records.MANIFEST, manifest)
         shutil.rmtree(self.partial, ignore_errors=True)
         return manifest
-
-    def _updated_manifest(
-        self, existing: dict[str, Any] | None, part: Part, states: list[dict[str, Any]], new_failures: list[Failure]
-    ) -> dict[str, Any]:
-        """`existing` (or a new manifest) with this part's shards, counts and command added."""
-        labels = part.labels
-        now = datetime.now(timezone.utc).isoformat(timespec="seconds")
-        manifest = existing or self._new_manifest(labels, now)
-        for plan, st in zip(part.plans, states):
-            sp = manifest["splits"].setdefault(plan.split, {"records": 0, "positives": [0] * len(labels), "shards": []})
-            sp["records"] += st["records"]
-            sp["positives"] = [a + b for a, b in zip(sp["positives"], st["positives"])]
-            sp["shards"].append({k: st[k] for k in ("name", "records", "sha256", "bytes")})
-        manifest.setdefault("task", self.task)
-        manifest["failures"] += len(new_failures)
-        kinds = Counter(manifest.get("failures_by_kind", {}))
-        kinds.update(f.kind for f in new_failures)
-        manifest["failures_by_kind"] = dict(kinds.most_common())
-        manifest["records"] = sum(sp["records"] for sp in manifest["splits"].values())
-        manifest["updated"] = now
-        manifest["commands"].append(self.command)
-        manifest["parts"].append(
-            {
-                "tag": part.tag,
-                "fingerprint": part.fingerprint,
-                "command": self.command,
-                "records": sum(s["records"] for s in states),
-                "failures": len(new_failures),
-                **({"review": self.review_info} if self.review_info else {}),
-            }
-        )
-        return manifest
-
-    def _new_manifest(self, labels: list[str], now: str) -> dict[str, Any]:
-        cfg = self.cfg
-        return {
-            "schema_version": records.SCHEMA_VERSION,
-            "task": self.task,
-            "labels": labels,
-            "num_classes": len(labels),
-            "image_size": cfg.image_size,
-            "resize": cfg.resize,
-            "quality": cfg.quality,
-            "format": "jpeg",
-            "features": {
-                "image": records.F_IMAGE,
-                "id": records.F_ID,
-                "source": records.F_SOURCE,
-                "height": records.F_HEIGHT,
-                "width": records.F_WIDTH,
-                "labels": records.F_LABELS,
-            },
-            "splits": {s: {"records": 0, "positives": [0] * len(labels), "shards": []} for s in records.SPLITS},
-            "failures": 0,
-            "created": now,
-            "commands": [],
-            "parts": [],
-            "config": cfg.to_dict(),
-        }
-
-
-class _Progress:
-    """The ingest bar: images done (those of shards an earlier run finished count as done), skipped so far."""
-
-    def __init__(self, total: int, done: int):
-        self.bar = tqdm(total=total, initial=done, unit="img", desc="ingest", dynamic_ncols=True, smoothing=0.05)
-        self.failed = 0
-
-    def __enter__(self) -> _Progress:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.bar.close()
-
-    def skipped(self, item: Item, failure: Failure) -> None:
-        self.failed += 1
-        where = f"line {item.line} ({item.id})" if item.line else item.id
-        tqdm.write(f"skipped {where}: {failure.reason}", file=sys.stderr)
-
-    def step(self) -> None:
-        self.bar.update(1)
-        self.bar.set_postfix(failed=self.failed, refresh=False)
 
 
 def _committed_index(out: Path, manifest: dict[str, Any]) -> list[list[str]]:

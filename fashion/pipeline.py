@@ -3,12 +3,14 @@
 train: parallel interleave over shards -> parse -> decode-and-crop a random
 window (JPEG decodes only that window) -> flip (+ optional colour jitter,
 rotation) -> shuffle -> batch -> prefetch. val: decode -> center crop.
-Images stay uint8: the model normalises inside.
+Images stay uint8: the model normalises inside. `refuse_damaged` checks the shards before training;
+`read_failure` names the shard behind a failed read (interleave loses file names).
 """
 
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -171,6 +173,41 @@ def make_dataset(
     opts = tf.data.Options()
     opts.experimental_deterministic = not training
     return ds.with_options(opts).prefetch(AUTOTUNE)
+
+
+TRAINING_SPLITS = ("train", "val")
+
+
+def refuse_damaged(folder: str | Path, sha256: bool = False) -> str | None:
+    """Why training must not start on `folder` (a shard missing, cut short or, with `sha256`, changed), in
+    one line naming the shard; None when every shard is as dataset.json records it."""
+    problems = records.check_shards(folder, TRAINING_SPLITS, sha256=sha256)
+    if not problems:
+        return None
+    more = f" (and {len(problems) - 1} more shard(s))" if len(problems) > 1 else ""
+    return f"{problems[0]}{more}; restore it or rebuild the dataset (generate_dataset.py --verify {folder} lists every problem)"
+
+
+def read_failure(e: BaseException, folder: str | Path) -> str | None:
+    """What broke reading `folder`, naming the shard (tf.data's interleave does not say which file), when
+    `e` is the input failing on the data: a CRC or framing error (DataLossError), a shard gone
+    (NotFoundError), an image TensorFlow cannot decode; None for any other error."""
+    data = isinstance(e, (tf.errors.DataLossError, tf.errors.NotFoundError)) or (
+        isinstance(e, tf.errors.InvalidArgumentError) and re.search(r"jpeg|image file format", str(e), re.I)
+    )
+    if not data:
+        return None
+    try:
+        bad = records.find_damage(folder, TRAINING_SPLITS)
+        found = "every shard matches dataset.json and decodes"
+    except Exception as search:  # the search must not hide the first error behind its own
+        bad, found = [], f"the shards could not be checked ({search})"
+    if not bad:
+        return (
+            f"reading {folder} failed ({records.tf_error_text(e)}); {found}: "
+            f"generate_dataset.py --verify {folder} checks each record"
+        )
+    return bad[0] + (f" (and {len(bad) - 1} more shard(s))" if len(bad) > 1 else "")
 
 
 def labels_of(files: Sequence[str], n_labels: int) -> np.ndarray:

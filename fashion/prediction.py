@@ -2,8 +2,9 @@
 (multilabel), the most probable class (multiclass) or the positive class's probability (binary).
 
 Only inference imports here (no training modules), and the model loads once,
-in Keras' safe mode. What differs between tasks (columns, probabilities) the bundle's
-task object (fashion.tasks) answers.
+in Keras' safe mode. `load_bundle` checks meta.json, the archive and the model's outputs and input
+size against each other: a damaged or inconsistent bundle is one BundleError naming the file. What
+differs between tasks (columns, probabilities) the bundle's task object (fashion.tasks) answers.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from . import imaging
+from .choices import TASKS
 from .errors import BundleError
 from .fetching import Fetcher
 from .sources import IMAGE_EXTENSIONS
@@ -54,18 +56,117 @@ class Bundle:
         return float(self.thresholds[-1]) if len(self.thresholds) else 0.5
 
 
-def _bundle(folder: Path, model, meta: dict) -> Bundle:
-    return Bundle(
-        folder,
-        model,
-        meta["labels"],
-        meta["heads"],
-        np.asarray(meta.get("thresholds") or [], float),
-        int(meta["input_size"]),
-        meta.get("task", "multilabel"),
-        meta.get("backbone", ""),
-        meta,
+def read_meta(path: Path) -> dict:
+    """A bundle's meta.json with the fields prediction reads checked; BundleError naming the file and the field."""
+    if not path.is_file():
+        raise BundleError(f"{path}: missing (labels, thresholds and input size come from there)")
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise BundleError(f"{path}: not UTF-8 text") from None
+    except json.JSONDecodeError as e:
+        raise BundleError(f"{path}: invalid JSON ({e.msg} at line {e.lineno}, column {e.colno})") from None
+    if not isinstance(meta, dict):
+        raise BundleError(f"{path}: expected a JSON object, found {type(meta).__name__}")
+    labels, task = meta.get("labels"), meta.get("task", "multilabel")
+    if not labels or not isinstance(labels, list) or not all(isinstance(x, str) for x in labels):
+        raise BundleError(f"{path}: 'labels' must be a non-empty list of names")
+    twice = sorted({x for x in labels if labels.count(x) > 1})
+    if twice:
+        raise BundleError(f"{path}: label {twice[0]!r} appears more than once")
+    if task not in TASKS:
+        raise BundleError(f"{path}: unknown task {task!r} (one of {', '.join(TASKS)})")
+    size = meta.get("input_size")
+    if size is None:
+        raise BundleError(f"{path}: no 'input_size' (the image side the model was trained at)")
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        raise BundleError(f"{path}: 'input_size' must be a whole number of pixels, got {size!r}")
+    heads = meta.get("heads")
+    if heads is not None and (not isinstance(heads, list) or not all(isinstance(h, str) for h in heads)):
+        raise BundleError(f"{path}: 'heads' must be a list of output names")
+    th = meta.get("thresholds") or []
+    if not isinstance(th, list) or not all(_probability(t) for t in th):
+        raise BundleError(f"{path}: 'thresholds' must be a list of numbers from 0 to 1")
+    return meta
+
+
+def _probability(t) -> bool:
+    return isinstance(t, (int, float)) and not isinstance(t, bool) and 0 <= t <= 1
+
+
+def _bundle(folder: Path, model, meta: dict, meta_path: Path, model_path: Path) -> Bundle:
+    """The bundle, once meta.json agrees with the model's outputs and input size (else BundleError)."""
+    labels, task = meta["labels"], meta.get("task", "multilabel")
+    heads = meta.get("heads") or get_task(task, labels).heads
+    # a multilabel bundle without tuned thresholds decides at 0.5, as an untuned binary one does
+    th = meta.get("thresholds") or ([0.5] * len(labels) if task == "multilabel" else [])
+    bundle = Bundle(
+        folder, model, labels, heads, np.asarray(th, float), meta["input_size"], task, meta.get("backbone", ""), meta
     )
+    outputs, side = _model_shape(model)
+    _check_outputs(bundle, outputs, f"{meta_path}: ", model_path.name, named=not isinstance(model, TFLiteModel))
+    if side and side != (bundle.input_size, bundle.input_size):
+        raise BundleError(
+            f"{meta_path}: input_size {bundle.input_size} but {model_path.name} takes {side[0]}x{side[1]} images"
+        )
+    return bundle
+
+
+def _model_shape(model) -> tuple[dict[str, int | None], tuple[int, int] | None]:
+    """({output name: columns}, (height, width) of the input when fixed) of a Keras or TFLite model."""
+    if isinstance(model, TFLiteModel):
+        outs = {k: int(v["shape"][-1]) for k, v in model.runner.get_output_details().items()}
+        shape = list(model.runner.get_input_details()[model.input_name]["shape"])
+    else:
+        outs = {n: t.shape[-1] for n, t in zip(model.output_names, model.outputs)}
+        shape = list(model.inputs[0].shape)
+    hw = tuple(shape[1:3]) if len(shape) == 4 and all(isinstance(d, int) and d > 1 for d in shape[1:3]) else None
+    return outs, hw
+
+
+def _check_outputs(bundle: Bundle, outputs: dict[str, int | None], where: str, model: str, named: bool) -> None:
+    """meta.json's labels and heads against the model's outputs: one per label (multilabel) or one output
+    with a column per class (multiclass) or one column (binary)."""
+    n, task = len(bundle.labels), bundle.task_obj
+    if not task.single_label:
+        if len(outputs) != n:
+            raise BundleError(f"{where}{n} labels for a model with {len(outputs)} outputs ({model}: one per label)")
+        if len(bundle.heads) != n:
+            raise BundleError(f"{where}{n} labels but {len(bundle.heads)} heads")
+        if len(bundle.thresholds) != n:
+            raise BundleError(f"{where}{len(bundle.thresholds)} thresholds for {n} labels")
+        missing = [h for h in bundle.heads if h not in outputs] if named else []
+        if missing:
+            raise BundleError(f"{where}head {missing[0]!r} is not an output of {model} ({', '.join(sorted(outputs))})")
+        return
+    if len(outputs) != 1:
+        raise BundleError(f"{where}a {task.name} bundle needs a model with one output; {model} has {len(outputs)}")
+    (name, width), want = next(iter(outputs.items())), task.units
+    if named and name != bundle.heads[0]:
+        raise BundleError(f"{where}head {bundle.heads[0]!r} is not an output of {model} ({name})")
+    if width is not None and width != want:
+        raise BundleError(f"{where}{n} labels for a model whose output has {width} column(s) ({model})")
+
+
+def _load_keras(path: Path):
+    """model.keras in Keras' safe mode; a damaged or foreign file is a BundleError saying so."""
+    import zipfile
+
+    import keras
+
+    from . import model as _  # noqa: F401  registers our custom layers (ReverseChannels) before loading
+
+    try:
+        with zipfile.ZipFile(path) as z:
+            bad = z.testzip()  # every member's CRC: a flipped byte shows here, not as Keras' "File not found"
+    except (zipfile.BadZipFile, OSError, EOFError) as e:
+        raise BundleError(f"{path}: damaged: not a readable .keras (zip) archive ({e})") from None
+    if bad:
+        raise BundleError(f"{path}: damaged: {bad} inside the archive fails its CRC")
+    try:
+        return keras.saving.load_model(path, compile=False, safe_mode=True)
+    except Exception as e:  # Keras raises ValueError, TypeError, KeyError... for a model it cannot rebuild
+        raise BundleError(f"{path}: cannot be loaded: {str(e).strip().splitlines()[0][:300]}") from None
 
 
 def newest_bundle(model_save: str | Path = "model_save") -> Path:
@@ -76,21 +177,19 @@ def newest_bundle(model_save: str | Path = "model_save") -> Path:
 
 
 def load_bundle(path: str | Path | None = None, model_save: str | Path = "model_save") -> Bundle:
-    import keras
-
+    """A bundle folder (or its model.keras, or a .tflite beside meta.json), checked; BundleError naming the file."""
     folder = Path(path) if path else newest_bundle(model_save)
     if folder.suffix == ".tflite":
         return load_tflite_bundle(folder)
     if folder.suffix == ".keras":
         folder = folder.parent
     meta_path, model_path = folder / "meta.json", folder / "model.keras"
-    if not meta_path.is_file() or not model_path.is_file():
+    if not folder.is_dir() or not (meta_path.is_file() or model_path.is_file()):
         raise BundleError(f"{folder}: not a bundle (expected model.keras and meta.json there)")
-    meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    from . import model as _  # noqa: F401  registers our custom layers (ReverseChannels) before loading
-
-    model = keras.saving.load_model(model_path, compile=False, safe_mode=True)
-    return _bundle(folder, model, meta)
+    if not model_path.is_file():
+        raise BundleError(f"{model_path}: missing (the bundle's model)")
+    meta = read_meta(meta_path)  # before the model: a bad meta.json is refused in milliseconds
+    return _bundle(folder, _load_keras(model_path), meta, meta_path, model_path)
 
 
 def expand_inputs(args: Iterable[str]) -> Iterator[str]:
@@ -109,10 +208,11 @@ def expand_inputs(args: Iterable[str]) -> Iterator[str]:
             yield arg
 
 
-def load_image(source: str, fetcher: Fetcher, size: int) -> np.ndarray:
-    """uint8 RGB, shorter side to `size` and center-cropped: what validation saw."""
+def load_image(source: str, fetcher: Fetcher, size: int, max_pixels: int) -> np.ndarray:
+    """uint8 RGB, shorter side to `size` and center-cropped: what validation saw. A large JPEG is decoded at
+    a reduced DCT scale (a 100-megapixel photo as ~1.5 MP); more than `max_pixels` is refused from the header."""
     data = fetcher.fetch(source if source.startswith(("http://", "https://")) else str(Path(source).resolve()))
-    return imaging.resize(imaging.decode_rgb(data, target=size), size, "crop")
+    return imaging.resize(imaging.decode_rgb(data, target=size, max_pixels=max_pixels), size, "crop")
 
 
 def to_probs(out, heads: list[str], task: str = "multilabel") -> np.ndarray:
@@ -152,10 +252,18 @@ class TFLiteModel:
 
 def load_tflite_bundle(path: Path) -> Bundle:
     meta_path = path.parent / "meta.json"
+    if not path.is_file():
+        raise BundleError(f"{path}: missing")
     if not meta_path.is_file():
         raise BundleError(f"{path}: no meta.json beside it (labels and thresholds come from there)")
-    meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    return _bundle(path.parent, TFLiteModel(path), meta)
+    meta = read_meta(meta_path)
+    try:
+        model = TFLiteModel(path)
+    except (ValueError, RuntimeError, KeyError, IndexError) as e:
+        raise BundleError(
+            f"{path}: damaged: not a readable TFLite model ({str(e).strip().splitlines()[0][:200]})"
+        ) from None
+    return _bundle(path.parent, model, meta, meta_path, path)
 
 
 def export_bundle(bundle: Bundle, fmt: str) -> Path:

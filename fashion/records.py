@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 from collections import Counter
 from collections.abc import Iterable, Iterator
@@ -27,6 +28,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from . import outlock
 from .errors import EXIT_FAILURES, EXIT_FATAL, EXIT_OK
 from .fileio import sha256_file
 
@@ -112,10 +114,12 @@ class ShardWriter:
         self.path = folder / name
         self.tmp = folder / shard_tmp_name(name)
         self.result = ShardResult(name, positives=[0] * n_labels)
+        self.written = 0  # bytes passed to the writer: a full disk's message estimates from them
         self._w = _tf().io.TFRecordWriter(str(self.tmp))
 
     def write(self, serialized: bytes, labels: Iterable[int]) -> None:
         self._w.write(serialized)
+        self.written += len(serialized) + 16  # TFRecord framing: length, its CRC, the data's CRC
         self.result.records += 1
         for k, v in enumerate(labels):
             self.result.positives[k] += int(v)
@@ -132,6 +136,8 @@ class ShardWriter:
     def abort(self) -> None:
         try:
             self._w.close()
+        except Exception:  # e.g. a full disk again while flushing: the temp file goes anyway
+            pass
         finally:
             self.tmp.unlink(missing_ok=True)
 
@@ -211,12 +217,87 @@ def iter_records(paths: Iterable[str | Path], n_labels: int | None = None) -> It
             yield parse_example(raw, n_labels)
 
 
+# --------------------------------------------------------------------------- shard checks (train.py)
+
+
+def check_shards(folder: str | Path, splits: Iterable[str] = SPLITS, *, sha256: bool = False) -> list[str]:
+    """Before a dataset is read: every shard dataset.json lists for `splits` exists with its recorded size
+    and, with `sha256`, its recorded hash. One line per problem, naming the shard's path. The size check
+    costs a stat per shard; the hash reads every byte (about 1 GB/s)."""
+    return [problem for _, problem in _changed_shards(Path(folder), splits, sha256)]
+
+
+def find_damage(folder: str | Path, splits: Iterable[str] = SPLITS) -> list[str]:
+    """After reading failed (CRC, truncation, an undecodable image), the shards to blame, one line each
+    naming the shard and the record. Shards changed since ingestion (size, sha256) are read first; when
+    none changed, every record is CRC-read and its image decoded (a bad image written as such)."""
+    folder, splits = Path(folder), list(splits)
+    changed = _changed_shards(folder, splits, True)
+    if changed:
+        return [(_first_bad_record(path, False) or problem) if path.is_file() else problem for path, problem in changed]
+    manifest = load_manifest(folder)
+    paths = [folder / s["name"] for split in splits for s in manifest["splits"].get(split, {}).get("shards", [])]
+    return [bad for bad in (_first_bad_record(p, True) for p in paths) if bad]
+
+
+def _changed_shards(folder: Path, splits: Iterable[str], sha256: bool) -> list[tuple[Path, str]]:
+    manifest = load_manifest(folder)
+    found = []
+    for split in splits:
+        for shard in manifest["splits"].get(split, {}).get("shards", []):
+            path = folder / shard["name"]
+            if not path.is_file():
+                found.append((path, f"{path}: missing (dataset.json lists it with {shard['records']} records)"))
+            elif "bytes" in shard and path.stat().st_size != shard["bytes"]:
+                size, want = path.stat().st_size, shard["bytes"]
+                found.append((path, f"{path}: {size:,} bytes, dataset.json says {want:,} (cut short or replaced)"))
+            elif sha256 and shard.get("sha256") and sha256_file(path) != shard["sha256"]:
+                found.append((path, f"{path}: content differs from dataset.json (sha256)"))
+    return found
+
+
+def _first_bad_record(path: Path, decode: bool) -> str | None:
+    """`path: record N ...` for the first record whose CRC or framing fails (or, with `decode`, whose image
+    TensorFlow cannot decode, as training would meet it); None when every record reads."""
+    tf = _tf()
+    n = 0
+    try:
+        for raw in tf.data.TFRecordDataset(str(path)).as_numpy_iterator():
+            n += 1
+            if decode:
+                tf.io.decode_jpeg(parse_example(raw)["image"], channels=3)
+    except (tf.errors.OpError, ValueError) as e:
+        return f"{path}: record {n + (0 if decode else 1)} unreadable ({tf_error_text(e)})"
+    return None
+
+
+def tf_error_text(e: Exception) -> str:
+    """A TensorFlow error's own words on one line, without the graph-function and op decorations."""
+    text = re.sub(r"\{\{function_node [^}]*\}\}\s*", "", getattr(e, "message", None) or str(e))
+    text = re.split(r"\s*\[(?:Op:|\[\{\{node)", text.splitlines()[0] if text else "")[0]
+    return text.strip()[:200] or type(e).__name__
+
+
 # --------------------------------------------------------------------------- verification
 
 
 def verify(folder: str | Path) -> int:
     """Re-read every shard (CRC), decode every image, check counts and hashes against the manifest."""
     folder = Path(folder)
+    # A folder being written is checked read-only as its last dataset.json stands (a run writes it last,
+    # and --append adds shards under new names); without one there is nothing to check yet.
+    writer = outlock.holder(folder)
+    if writer is not None:
+        if not (folder / MANIFEST).is_file():
+            print(
+                f"error: {folder}: no {MANIFEST} yet; generate_dataset.py (pid {writer}) is writing it", file=sys.stderr
+            )
+            return EXIT_FATAL
+        print(
+            f"warning: {folder} is being written by generate_dataset.py (pid {writer}); "
+            f"checking it as its {MANIFEST} stands now",
+            file=sys.stderr,
+        )
     try:
         manifest = load_manifest(folder)
     except (FileNotFoundError, ValueError) as e:

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import sys
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm import tqdm
 
-from .sources import Failure
+from .sources import Failure, Item
 
 
 def class_table(labels: Sequence[str], counts: dict[str, Sequence[int]], n_total: int) -> str:
@@ -79,3 +81,38 @@ def print_ingest_summary(
     pairs = top_cooccurrences(written_labels, labels)
     if pairs:
         print("most frequent label pairs (this run): " + ", ".join(f"{a}+{b} {n}" for a, b, n in pairs))
+
+
+def print_rerun_summary(manifest: dict[str, Any], part: dict[str, Any], reasons: list[str], out: Path) -> None:
+    """A rerun of a finished command: what that command wrote and skipped, and where the list is."""
+    sp = manifest["splits"]
+    total = sum(sp[s]["records"] for s in sp)
+    print(f"dataset: {out}  ({total} records: " + ", ".join(f"{s} {sp[s]['records']}" for s in sp) + ")")
+    n = part.get("failures", 0)
+    where = f" (listed in {out / 'failures.csv'})" if n else ""
+    print(f"this command: {part.get('records', 0)} record(s) written, {n} line(s) skipped{where}")
+    for kind, k in Counter(r.split(":", 1)[0] for r in reasons).most_common():
+        print(f"  {kind:<24} {k:6d}")
+
+
+class IngestProgress:
+    """The ingest bar: images done (those of shards an earlier run finished count as done), skipped so far."""
+
+    def __init__(self, total: int, done: int):
+        self.bar = tqdm(total=total, initial=done, unit="img", desc="ingest", dynamic_ncols=True, smoothing=0.05)
+        self.failed = 0
+
+    def __enter__(self) -> IngestProgress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.bar.close()
+
+    def skipped(self, item: Item, failure: Failure) -> None:
+        self.failed += 1
+        where = f"line {item.line} ({item.id})" if item.line else item.id
+        tqdm.write(f"skipped {where}: {failure.reason}", file=sys.stderr)
+
+    def step(self) -> None:
+        self.bar.update(1)
+        self.bar.set_postfix(failed=self.failed, refresh=False)

@@ -16,6 +16,7 @@ import csv
 import io
 import os
 import sys
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -71,7 +72,7 @@ class ParsedList:
 
 def read_label_names(path: str | Path) -> list[str]:
     """One label name per line; blank lines are ignored."""
-    with open(path, encoding="utf-8") as f:
+    with open(path, encoding="utf-8-sig") as f:  # -sig: a BOM (Windows editors) is not part of the first name
         names = [ln.strip() for ln in f if ln.strip()]
     if not names:
         raise ListError(f"{path}: no label names in the file")
@@ -89,8 +90,8 @@ def resolve_source(raw: str, base_dir: Path) -> str:
     scheme = parsed.scheme.lower()
     if len(scheme) == 1:  # a Windows drive letter, not a scheme
         scheme = ""
-    if scheme not in ALLOWED_SCHEMES:
-        raise ValueError(f"unsupported url scheme '{scheme}://' (use http, https, file or a local path)")
+    if scheme not in ALLOWED_SCHEMES:  # shown as written: 'javascript:' has no '//'
+        raise ValueError(f"unsupported url scheme '{raw[: len(scheme) + 1]}' (use http, https, file or a local path)")
     if scheme in ("http", "https"):
         if not parsed.netloc:
             raise ValueError(f"url has no host: {raw}")
@@ -104,11 +105,12 @@ def resolve_source(raw: str, base_dir: Path) -> str:
 def open_list(path: str) -> tuple[TextIO, Path]:
     """Open a list (`-` = standard input); return the stream and the folder relative paths resolve against."""
     if path == "-":
-        return io.TextIOWrapper(sys.stdin.buffer, encoding="utf-8", errors="replace"), Path.cwd()
+        return io.TextIOWrapper(sys.stdin.buffer, encoding="utf-8-sig", errors="replace"), Path.cwd()
     p = Path(path)
     if not p.is_file():
         raise ListError(f"{path}: list file not found")
-    return open(p, encoding="utf-8", errors="replace", newline=""), p.resolve().parent
+    # utf-8-sig: a BOM would otherwise stay in the first id, or hide a CSV header's first column
+    return open(p, encoding="utf-8-sig", errors="replace", newline=""), p.resolve().parent
 
 
 def _is_header(first_row: list[str]) -> bool:
@@ -128,14 +130,29 @@ def parse_list(
     return _parse_original(first, rows, base_dir, label_names, name)
 
 
+def _label_count(rows: list[tuple[int, list[str]]], label_names: list[str] | None, name: str) -> int:
+    """--labels' count when given, else the lines' most common one (a bad first line must not decide)."""
+    widths = [(w, n) for w, n in Counter(len(r) for _, r in rows).most_common() if w >= 3]  # ties: first seen
+    if label_names:
+        if widths and not any(w == len(label_names) + 2 for w, _ in widths):
+            raise ListError(
+                f"{name}: lines carry {widths[0][0] - 2} labels but {len(label_names)} label names are set "
+                f"(--labels, or the dataset appended to)"
+            )
+        return len(label_names)
+    if not widths:
+        line, row = rows[0]
+        raise ListError(f"{name}: line {line}: expected id,url,l0,...,lN; got {len(row)} column(s)")
+    return widths[0][0] - 2
+
+
 def _parse_original(first, rows, base_dir, label_names, name) -> ParsedList:
-    n_labels = len(label_names) if label_names else len(first[1]) - 2
-    if n_labels < 1:
-        raise ListError(f"{name}: line {first[0]}: expected id,url,l0,...,lN; got {len(first[1])} column(s)")
+    rows = [first, *rows]  # read whole: the label count comes from all the lines
+    n_labels = _label_count(rows, label_names, name)
     names = list(label_names) if label_names else [f"label_{i}" for i in range(n_labels)]
     out = ParsedList([], [], names)
     seen: set[str] = set()
-    for line, row in _chain(first, rows):
+    for line, row in rows:
         row = [c.strip() for c in row]
         rid = row[0] if row else ""
         src = row[1] if len(row) > 1 else ""
@@ -200,11 +217,6 @@ def _parse_header_csv(first, rows, base_dir, label_names, name) -> ParsedList:
         _add(out, seen, line, rid, src, tuple(vec), base_dir)
     out.label_names = names
     return out
-
-
-def _chain(first, rows):
-    yield first
-    yield from rows
 
 
 def _add(

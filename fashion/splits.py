@@ -35,13 +35,15 @@ def split_indices(
         return np.arange(0), np.arange(n)
     from iterstrat.ml_stratifiers import MultilabelStratifiedShuffleSplit
 
-    y = np.asarray(labels, dtype=int)
-    if y.shape[1] == 0 or not y.any():
-        y = np.zeros((n, 1), int)
+    y = np.asarray(labels, dtype=int).reshape(n, -1)
+    # scikit-learn takes a one-column matrix (one class, or no label column) for a binary target and
+    # refuses it: stratify on positives and negatives as two columns. Any matrix of 2+ columns
+    # (all zero, a single combination) is a valid multilabel-indicator.
+    strat = y if y.shape[1] >= 2 else np.hstack([y, 1 - y]) if y.shape[1] else np.ones((n, 2), int)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         splitter = MultilabelStratifiedShuffleSplit(n_splits=1, test_size=n_val, random_state=seed)
-        train, val = next(splitter.split(np.zeros(n), y))
+        train, val = next(splitter.split(np.zeros(n), strat))
     train, val = _exact_size(y, list(train), list(val), n_val)
     train, val = _ensure_both_sides(y, np.sort(train), np.sort(val))
     return train, val

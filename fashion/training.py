@@ -125,6 +125,15 @@ class Trainer:
     def _run(self) -> int:
         st = self._plan()
         self._open_run()
+        try:
+            return self._run_opened(st)
+        except Exception as e:  # a damaged shard met while reading: one line naming it, no traceback
+            where = pipeline.read_failure(e, self.cfg.data)
+            if where is None:
+                raise
+            raise TrainError(f"training stopped: {where}; {self._kept()}") from None
+
+    def _run_opened(self, st: TrainState) -> int:
         st.task.print_weights(self.cfg, st.train, st.weights)
         self._load_data(st)
         model = self._load_model(st)
@@ -149,6 +158,9 @@ class Trainer:
         val = pipeline.describe_split(cfg.data, "val")
         task = get_task(resolve_task(cfg.task, manifest, train), manifest["labels"])
         task.check_config(cfg)
+        damaged = pipeline.refuse_damaged(cfg.data, cfg.verify_data)
+        if damaged:
+            raise TrainError(damaged)
         stages = parse_stages(cfg)
         check_cluster()
         check_devices(cfg)
@@ -171,10 +183,10 @@ class Trainer:
         )
 
     def _open_run(self) -> None:
-        """The run's folders, console.log, config.yaml; the seed."""
+        """log/RUN/ (console.log, config.yaml) and the seed; model_save/RUN/ waits for the first checkpoint, so a
+        run stopped before one leaves nothing there."""
         import yaml
 
-        self.save_dir.mkdir(parents=True, exist_ok=True)
         self.log_dir.mkdir(parents=True, exist_ok=True)
         sys.stdout = Tee(sys.stdout, self.log_dir / "console.log")
         fileio.atomic_write_text(self.log_dir / "config.yaml", yaml.safe_dump(self.cfg.to_dict(), sort_keys=False))
@@ -329,6 +341,7 @@ class Trainer:
             print("\ninterrupted between stages; rerun with --resume to go on", file=sys.stderr)
             return
         taken = int(np.asarray(model.optimizer.iterations)) - st.steps * (saved.epoch - st.stage_start)
+        self.save_dir.mkdir(parents=True, exist_ok=True)
         fileio.save_model_atomic(model, self.save_dir / "last.keras")
         saved.step = max(0, min(taken, st.steps - 1))
         saved.save(self.save_dir)
@@ -336,6 +349,16 @@ class Trainer:
             f"\ninterrupted: checkpoint saved to {self.save_dir}/last.keras (epoch {saved.epoch + 1}, "
             f"step {taken}); continue with the same command plus --resume --run {self.cfg.run}",
             file=sys.stderr,
+        )
+
+    def _kept(self) -> str:
+        """After a data fault: what the run keeps and how to go on."""
+        if not (self.save_dir / "last.keras").is_file():
+            return f"no checkpoint yet, nothing written to {self.save_dir}; fix the data and rerun"
+        epoch = Progress.load(self.save_dir).epoch if (self.save_dir / Progress.FILE).is_file() else "?"
+        return (
+            f"checkpoint kept: {self.save_dir / 'last.keras'} (after epoch {epoch}); fix the data, then rerun "
+            f"with --resume --run {self.cfg.run}"
         )
 
     # ------------------------------------------------------------------ the bundle
@@ -347,6 +370,7 @@ class Trainer:
         if best.is_file():
             model = keras.saving.load_model(best, compile=False)
         v = st.task.validate(st.task.predict(model, st.val_ds), st.y_val, st.train, st.weights)
+        self.save_dir.mkdir(parents=True, exist_ok=True)
         fileio.save_model_atomic(model, self.save_dir / "model.keras")
         fileio.atomic_write_json(self.save_dir / "meta.json", st.task.bundle_meta(self._run_fields(st), st.weights, v))
         for line in v.lines:

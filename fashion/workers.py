@@ -10,12 +10,16 @@ import contextlib
 import multiprocessing
 import os
 import signal
+import sys
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing.pool import AsyncResult, ThreadPool
 from typing import Any
+
+from tqdm import tqdm
 
 from . import imaging, records
 from .config import IngestConfig
@@ -68,25 +72,39 @@ def decoder_pool(n_images: int) -> ProcessPoolExecutor | None:
     if cores < 2 or n_images < 64:
         return None
     # spawn, not fork: the parent already runs TensorFlow's threads.
-    return ProcessPoolExecutor(
+    pool = ProcessPoolExecutor(
         cores, mp_context=multiprocessing.get_context("spawn"), initializer=_decoder_init, initargs=(os.getpid(),)
     )
+    if threading.current_thread() is threading.main_thread():
+        # Start them now with Ctrl-C ignored, which they inherit from birth: a Ctrl-C at the terminal
+        # reaches the whole process group, and one arriving while a child still imports (before
+        # _decoder_init) would print its KeyboardInterrupt traceback.
+        old = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            for _ in range(cores):
+                pool.submit(os.getpid)
+        finally:
+            signal.signal(signal.SIGINT, old)
+    return pool
 
 
 def ordered_map(fn, items: Iterable[Item], workers: int, window: int) -> Iterator[Any]:
-    """Like `executor.map`, but with at most `window` items in flight (memory stays flat)."""
-    ex = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fetch")
-    pending: deque[Future] = deque()
+    """Like `executor.map`, but with at most `window` items in flight (memory stays flat).
+
+    multiprocessing's ThreadPool, not ThreadPoolExecutor: its threads are daemons, so a download
+    still stuck in a socket read cannot keep an interrupted process alive (the interpreter joins
+    ThreadPoolExecutor's threads at exit)."""
+    pool = ThreadPool(workers)
+    pending: deque[AsyncResult] = deque()
     try:
         for it in items:
-            pending.append(ex.submit(fn, it))
+            pending.append(pool.apply_async(fn, (it,)))
             if len(pending) >= window:
-                yield pending.popleft().result()
+                yield pending.popleft().get()
         while pending:
-            yield pending.popleft().result()
+            yield pending.popleft().get()
     finally:
-        # On Ctrl-C or an error: drop queued work; running downloads end within their timeout.
-        ex.shutdown(wait=False, cancel_futures=True)
+        pool.terminate()  # drops queued work; downloads in flight see the fetcher's cancel and stop
 
 
 @contextlib.contextmanager
@@ -100,13 +118,14 @@ def processed(cfg: IngestConfig, items: Iterable[Item], n_items: int) -> Iterato
         min_bytes=cfg.min_bytes,
         pool_size=cfg.workers,
         cache_dir=cfg.cache,
+        warn=lambda message: tqdm.write(message, file=sys.stderr),  # above the progress bar
     )
     pool = decoder_pool(n_items)
     results = ordered_map(make_worker(cfg, fetcher, pool), items, workers=cfg.workers, window=cfg.workers * 4)
     try:
         yield results
     finally:
+        fetcher.close()  # first: downloads in flight stop at their next read
         results.close()
-        fetcher.close()
         if pool is not None:
             pool.shutdown(wait=False, cancel_futures=True)

@@ -58,13 +58,17 @@ def awkward_files() -> dict[str, bytes]:
 class Server:
     """Routes: /photos/<file> real photos; /files/<name> awkward variants; /status/<code>;
     /flaky/<file> 500 then 200; /slow (sleeps); /page.jpg an HTML page; /zero; /huge (streamed, no length);
-    /huge-declared (Content-Length); /delay/<file> photos after `delay` seconds."""
+    /huge-declared (Content-Length); /delay/<file> photos after `delay` seconds;
+    /drip/<name> headers, then one byte every `drip_seconds` until the client or the server goes;
+    /html-first/<file> an HTML page on the first hit, the photo after; /retry-after/<s> 503 + Retry-After."""
 
     def __init__(self):
         self.hits: Counter[str] = Counter()
         self.files = awkward_files()
         self.delay = 0.0
         self.slow_seconds = 3.0
+        self.drip_seconds = 2.0
+        self.stopped = threading.Event()
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -122,6 +126,30 @@ class Server:
                     except (BrokenPipeError, ConnectionResetError):
                         pass
                     return
+                if head == "drip":  # answers at once, then never finishes: only a whole-download deadline ends it
+                    self.send_response(200)
+                    self.send_header("Content-Type", "image/jpeg")
+                    self.send_header("Content-Length", str(1 << 20))
+                    self.end_headers()
+                    try:
+                        self.wfile.write(b"\xff\xd8\xff")
+                        while not server.stopped.wait(server.drip_seconds):
+                            self.wfile.write(b"\0")
+                            self.wfile.flush()
+                    except OSError:  # the client hung up
+                        pass
+                    self.close_connection = True
+                    return
+                if head == "html-first":  # a transient error page served with 200, as some hosts do
+                    if server.hits[path] == 1:
+                        return self.send(200, b"<!DOCTYPE html><html><body>busy" + b" " * 8000 + b"</body></html>")
+                    return self.send(200, (SAMPLE / "photos" / rest).read_bytes())
+                if head == "retry-after":
+                    self.send_response(503)
+                    self.send_header("Retry-After", rest)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
                 if head == "huge-declared":
                     return self.send(200, b"\xff\xd8\xff" + b"\0" * (3 * 1024 * 1024))
                 return self.send(404, b"not found", "text/plain")
@@ -129,10 +157,12 @@ class Server:
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        # a short poll: close() (every test's teardown) waits for one
+        self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True)
         self.thread.start()
 
     def close(self):
+        self.stopped.set()
         self.httpd.shutdown()
         self.httpd.server_close()
 
