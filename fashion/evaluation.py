@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from . import fileio, pipeline, plots, prediction, records, review
+from .errors import FashionError
 from .tasks import Task, get_task
 
 
@@ -72,11 +73,22 @@ def run(
     threshold: float | None = None,
     top_k: int | None = None,
 ) -> Evaluation:
-    """Scores the split: the task's metrics beside its baselines (counted on the training split)."""
+    """Scores the split: the task's metrics beside its baselines (counted on the training split). A shard
+    missing or damaged is one FashionError line naming it, before anything is written."""
     part = pipeline.describe_split(data, split)
+    splits = tuple(dict.fromkeys((split, "train")))
+    damaged = pipeline.refuse_damaged(data, splits=splits)
+    if damaged:
+        raise FashionError(damaged)
     n = len(bundle.labels)
-    scores = split_scores(bundle, part)
-    recs = [(r["id"], r["source"], r["labels"]) for r in records.iter_records(part.files, n)]
+    try:
+        scores = split_scores(bundle, part)
+        recs = [(r["id"], r["source"], r["labels"]) for r in records.iter_records(part.files, n)]
+    except Exception as e:  # a record damaged inside a shard of the right size: name the shard
+        where = pipeline.read_failure(e, data, splits)
+        if where is None:
+            raise
+        raise FashionError(where) from None
     y = np.array([lab for _, _, lab in recs], dtype=int).reshape(len(recs), n)
     k = top_k or int(bundle.meta.get("top_k") or bundle.task_obj.top)
     result = bundle.task_obj.evaluate(

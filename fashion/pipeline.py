@@ -178,17 +178,17 @@ def make_dataset(
 TRAINING_SPLITS = ("train", "val")
 
 
-def refuse_damaged(folder: str | Path, sha256: bool = False) -> str | None:
-    """Why training must not start on `folder` (a shard missing, cut short or, with `sha256`, changed), in
-    one line naming the shard; None when every shard is as dataset.json records it."""
-    problems = records.check_shards(folder, TRAINING_SPLITS, sha256=sha256)
+def refuse_damaged(folder: str | Path, sha256: bool = False, splits: Sequence[str] = TRAINING_SPLITS) -> str | None:
+    """Why training (or evaluation) must not start on `folder` (a shard missing, cut short or, with `sha256`,
+    changed), in one line naming the shard; None when every shard is as dataset.json records it."""
+    problems = records.check_shards(folder, splits, sha256=sha256)
     if not problems:
         return None
     more = f" (and {len(problems) - 1} more shard(s))" if len(problems) > 1 else ""
     return f"{problems[0]}{more}; restore it or rebuild the dataset (generate_dataset.py --verify {folder} lists every problem)"
 
 
-def read_failure(e: BaseException, folder: str | Path) -> str | None:
+def read_failure(e: BaseException, folder: str | Path, splits: Sequence[str] = TRAINING_SPLITS) -> str | None:
     """What broke reading `folder`, naming the shard (tf.data's interleave does not say which file), when
     `e` is the input failing on the data: a CRC or framing error (DataLossError), a shard gone
     (NotFoundError), an image TensorFlow cannot decode; None for any other error."""
@@ -198,7 +198,7 @@ def read_failure(e: BaseException, folder: str | Path) -> str | None:
     if not data:
         return None
     try:
-        bad = records.find_damage(folder, TRAINING_SPLITS)
+        bad = records.find_damage(folder, splits)
         found = "every shard matches dataset.json and decodes"
     except Exception as search:  # the search must not hide the first error behind its own
         bad, found = [], f"the shards could not be checked ({search})"

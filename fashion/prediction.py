@@ -192,12 +192,17 @@ def load_bundle(path: str | Path | None = None, model_save: str | Path = "model_
     return _bundle(folder, _load_keras(model_path), meta, meta_path, model_path)
 
 
+def is_url(arg: str) -> bool:
+    """http(s) in any case: schemes are case-insensitive (RFC 3986), so HTTP://... is a URL, not a path."""
+    return arg[:8].lower().startswith(("http://", "https://"))
+
+
 def expand_inputs(args: Iterable[str]) -> Iterator[str]:
     """Files, folders (recursive), globs, http(s) URLs and `-` (one path or URL per line on stdin)."""
     for arg in args:
         if arg == "-":
             yield from (ln.strip() for ln in sys.stdin if ln.strip())
-        elif arg.startswith(("http://", "https://")):
+        elif is_url(arg):
             yield arg
         elif Path(arg).is_dir():
             yield from sorted(str(p) for p in Path(arg).rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
@@ -211,7 +216,7 @@ def expand_inputs(args: Iterable[str]) -> Iterator[str]:
 def load_image(source: str, fetcher: Fetcher, size: int, max_pixels: int) -> np.ndarray:
     """uint8 RGB, shorter side to `size` and center-cropped: what validation saw. A large JPEG is decoded at
     a reduced DCT scale (a 100-megapixel photo as ~1.5 MP); more than `max_pixels` is refused from the header."""
-    data = fetcher.fetch(source if source.startswith(("http://", "https://")) else str(Path(source).resolve()))
+    data = fetcher.fetch(source if is_url(source) else str(Path(source).resolve()))
     return imaging.resize(imaging.decode_rgb(data, target=size, max_pixels=max_pixels), size, "crop")
 
 

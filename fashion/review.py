@@ -14,6 +14,7 @@ import hashlib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from . import fileio
 from .sources import ListError, ParsedList
 
 ACTIONS = ("", "keep", "relabel", "drop")
@@ -62,7 +63,7 @@ def read_review(path: str | Path) -> Review:
             continue
         if len(row) < len(header):
             raise ListError(f"{path}: line {n}: expected {len(header)} columns, got {len(row)}")
-        rid = row[col["id"]].strip()
+        rid = fileio.unescape_cell(row[col["id"]].strip())
         action = row[col["action"]].strip().lower()
         if not rid:
             raise ListError(f"{path}: line {n}: empty id")

@@ -240,6 +240,27 @@ def test_evaluate_and_tflite_paths_validate_the_bundle_too(bundle, dataset, tmp_
     assert line.startswith(f"error: {folder / 'model.tflite'}: damaged: not a readable TFLite model")
 
 
+def test_evaluate_names_a_missing_or_damaged_shard_and_writes_no_report(bundle, dataset, tmp_path, capsys):
+    data = copy_dataset(dataset, tmp_path)
+    target = shard(data, "val", 0)
+    good = target.read_bytes()
+    rep = tmp_path / "rep"
+    target.unlink()
+    assert evaluate_main(["--model", str(bundle), "--data", str(data), "--out", str(rep)]) == 2
+    (line,) = error_lines(capsys.readouterr().err)
+    assert line.startswith(f"error: {target}: missing") and not rep.exists()
+    # Same size, one record's bytes flipped: only reading tells; the line names the shard and the record.
+    target.write_bytes(good)
+    flip_middle(target)
+    manifest = json.loads((data / records.MANIFEST).read_text())
+    manifest["splits"]["val"]["shards"][0]["sha256"] = hashlib.sha256(target.read_bytes()).hexdigest()
+    (data / records.MANIFEST).write_text(json.dumps(manifest))
+    assert evaluate_main(["--model", str(bundle), "--data", str(data), "--out", str(rep)]) == 2
+    err = capsys.readouterr().err
+    (line,) = error_lines(err)
+    assert line.startswith(f"error: {target}: record ") and "Traceback" not in err and not rep.exists()
+
+
 @pytest.mark.slow
 def test_detect_and_evaluate_clis_refuse_a_bad_bundle_in_one_line(bundle, dataset, tmp_path):
     folder = damaged_copy(bundle, tmp_path, edit_meta(lambda m: m.update(labels=m["labels"][:12])))
