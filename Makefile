@@ -16,12 +16,12 @@ help:
 	@echo "make bench-ingest - ingestion benchmark (bench/ingest.py), prints ratios"
 	@echo "make clean     - remove data/records, data/cache and caches (keeps .venv)"
 
-# The project installed in place (editable) with its test and lint tools; re-installed only when
-# pyproject.toml changes.
+# The project installed in place (editable) with its test and lint tools and Apache Beam (the tests run
+# --engine beam); re-installed only when pyproject.toml changes.
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test,lint]'
+	$(PY) -m pip install --quiet -e '.[test,lint,beam]'
 	touch $(STAMP)
 
 # Ingest the shipped sample, then train a few minutes on CPU from scratch (offline: no ImageNet weights).
@@ -44,7 +44,7 @@ lint: $(STAMP)
 
 # The benchmarks' extra dependencies (scikit-image: the reference in bench/ingest.py).
 $(VENV)/.installed-bench: $(STAMP)
-	$(PY) -m pip install --quiet -e '.[test,lint,bench]'
+	$(PY) -m pip install --quiet -e '.[test,lint,beam,bench]'
 	touch $@
 
 bench-ingest: $(VENV)/.installed-bench

@@ -77,7 +77,8 @@ def ingest_parser() -> argparse.ArgumentParser:
 def generate_dataset_main(argv: list[str] | None = None) -> int:
     own_process = argv is None  # the script or console entry point: the process ends when this returns
     argv = _argv(argv)
-    args = vars(ingest_parser().parse_args(argv))
+    ours, beam_args = (argv[: argv.index("--")], argv[argv.index("--") + 1 :]) if "--" in argv else (argv, [])
+    args = {**vars(ingest_parser().parse_args(ours)), "beam_args": beam_args}
     try:
         from . import ingest  # heavy imports only after --help has been served
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +60,15 @@ class IngestConfig(_Config):
     append: bool = opt(False, "add the list's records to an existing dataset as new shards", group=IO)
     overwrite: bool = opt(False, "replace the dataset (or unfinished run) in --out", group=IO)
     strict: bool = opt(False, "stop on the first malformed line instead of skipping it", group=IO)
+    engine: str = opt(
+        "local",
+        "local: this machine's threads and processes; beam: an Apache Beam pipeline (pip install "
+        "'fashion[beam]'), on all local cores by default; Beam options go after --, e.g. "
+        "-- --runner=FlinkRunner --flink_master=HOST:8081",
+        group=IO,
+        choices=C.ENGINES,
+    )
+    beam_args: list[str] = field(default_factory=list)  # what followed `--` on the command line (not an option)
     workers: int = opt(help="parallel downloads/decodes", group=FETCH, metavar="N", factory=default_workers)
     cache: str | None = opt(DEFAULT_CACHE, "download cache folder ('' to disable)", group=FETCH, metavar="DIR")
     timeout: float = opt(
@@ -166,6 +175,8 @@ class IngestConfig(_Config):
         if not (self.timeout > 0 and self.connect_timeout > 0):
             raise IngestError("--timeout and --connect-timeout must be more than 0 seconds")
         self._validate_source()
+        if self.beam_args and self.engine != "beam":
+            raise IngestError(f"options after -- ({' '.join(self.beam_args)}) are Beam's: add --engine beam")
         if self.max_per_class is not None and (self.max_per_class < 1 or not self.from_urls):
             raise IngestError("--max-per-class takes N >= 1 and works with --from-urls")
 

@@ -21,7 +21,7 @@ import shutil
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +33,7 @@ from .config import IngestConfig
 from .errors import EXIT_DISK_FULL, EXIT_FAILURES, EXIT_FATAL, EXIT_INTERRUPTED, EXIT_OK, IngestError
 from .manifest import add_part, new_manifest, timestamp
 from .records import verify
-from .shards import ShardPlan, fingerprint, plan_shards
+from .shards import ShardPlan, fingerprint, plan_shards, shard_done, write_shard
 from .sources import Failure, Item, ParsedList, open_list, parse_list, read_label_names
 
 # cli.py and tests/test_resume.py import these from here: `verify` lives in records,
@@ -84,6 +84,10 @@ class Ingest:
             return EXIT_DISK_FULL
 
     def _run(self) -> int:
+        if self.cfg.engine == "beam":
+            from .beam_ingest import import_beam
+
+            import_beam()  # not installed: one line before anything is read or written
         existing = self._existing_manifest()
         parsed = self._read_source(existing)
         # Fingerprint the list as given, before ids already in the dataset are dropped,
@@ -280,18 +284,8 @@ class Ingest:
         fileio.atomic_write_json(plan_file, {"fingerprint": fp, "command": self.command})
 
     # ---- step 3: write the shards (state files in OUT/.partial/)
-    def _state_path(self, plan: ShardPlan) -> Path:
-        return self.partial / f"{plan.name}.json"
-
     def _shard_done(self, plan: ShardPlan) -> dict[str, Any] | None:
-        state_path, shard = self._state_path(plan), self.out / plan.name
-        if not (state_path.is_file() and shard.is_file()):
-            return None
-        try:
-            state = json.loads(state_path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            return None
-        return state if state.get("bytes") == shard.stat().st_size else None
+        return shard_done(self.out, self.partial, plan)
 
     def _write_shards(self, plans: list[ShardPlan]) -> int:
         """Every shard not finished by an earlier run; returns the number of images processed."""
@@ -299,6 +293,9 @@ class Ingest:
         n_total = sum(len(p.items) for p in plans)
         n_todo = sum(len(p.items) for p in todo)
         n_labels = len(plans[0].items[0].labels) if plans and plans[0].items else 0
+        if self.cfg.engine == "beam":
+            self._write_shards_beam(todo, n_labels, n_total)
+            return n_todo
         items = (it for p in todo for it in p.items)
         with (
             workers.processed(self.cfg, items, n_todo) as results,
@@ -308,35 +305,28 @@ class Ingest:
                 self._write_shard(plan, n_labels, results, bar)
         return n_todo
 
+    def _write_shards_beam(self, todo: list[ShardPlan], n_labels: int, n_total: int) -> None:
+        from . import beam_ingest, quiet
+
+        n_todo = sum(len(p.items) for p in todo)
+        with quiet.filtered_stderr(), reports.IngestProgress(n_total, n_total - n_todo) as bar:
+
+            def on_shard(plan: ShardPlan) -> None:  # from the pipeline's watcher thread
+                for f in (shard_done(self.out, self.partial, plan) or {}).get("failures", []):
+                    bar.skipped(Item(f["line"] or 0, f["id"], f["source"], ()), Failure(**f))
+                bar.shard(len(plan.items))
+
+            beam_ingest.write_shards(self.cfg, self.out, self.partial, todo, n_labels, on_shard)
+
     def _write_shard(
         self, plan: ShardPlan, n_labels: int, results: Iterator[workers.Result], bar: reports.IngestProgress
     ) -> None:
-        """One shard from the next `len(plan.items)` results, then its state file."""
-        writer = self.writer = records.ShardWriter(self.out, plan.name, n_labels)
-        fails: list[dict[str, Any]] = []
-        index: list[list[str]] = []
-        try:
-            for _ in plan.items:
-                item, example, failure = next(results)
-                if failure is not None:
-                    fails.append(asdict(failure))
-                    bar.skipped(item, failure)
-                else:
-                    writer.write(example, item.labels)
-                    index.append([item.id, plan.split, plan.name, item.source, "".join(map(str, item.labels))])
-                bar.step()
-            result = writer.close()
-        except BaseException:
-            writer.abort()
-            raise
-        try:
-            fileio.atomic_write_json(
-                self._state_path(plan), {**asdict(result), "split": plan.split, "failures": fails, "index": index}
-            )
-        except BaseException:
-            writer.path.unlink(missing_ok=True)  # not finished without its state: give its space back
-            raise
-        self.writer = None
+        def on_result(item: Item, failure: Failure | None) -> None:
+            if failure is not None:
+                bar.skipped(item, failure)
+            bar.step()
+
+        write_shard(self.out, self.partial, plan, n_labels, results, on_result, lambda w: setattr(self, "writer", w))
 
     def _interrupted(self, plans: list[ShardPlan]) -> int:
         done = sum(1 for p in plans if self._shard_done(p))

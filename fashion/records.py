@@ -86,7 +86,7 @@ def make_example(image: bytes, *, id: str, source: str, height: int, width: int,
             }
         )
     )
-    return ex.SerializeToString()
+    return ex.SerializeToString(deterministic=True)  # map order fixed: the same bytes from any process
 
 
 @dataclass

@@ -116,3 +116,8 @@ class IngestProgress:
     def step(self) -> None:
         self.bar.update(1)
         self.bar.set_postfix(failed=self.failed, refresh=False)
+
+    def shard(self, n: int) -> None:
+        """A whole shard done at once (the Beam engine reports shards, not images)."""
+        self.bar.update(n)
+        self.bar.set_postfix(failed=self.failed, refresh=False)

@@ -1,22 +1,28 @@
-"""The plan of a `generate_dataset.py` run: which item goes into which shard, and its fingerprint.
+"""The plan of a `generate_dataset.py` run: which item goes into which shard, and its fingerprint;
+and the writing of one planned shard, which both engines (local, beam) share.
 
 Every shard's content is fixed by the plan (the list, the split and the
 options), so a rerun of the same command plans the same shards and finds the
-finished ones on disk; the fingerprint names that plan.
+finished ones on disk; the fingerprint names that plan. A shard is finished
+when its file and its state file (`OUT/.partial/NAME.json`: records, sha256,
+failures, index rows) agree on its size.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from . import records, splits
+from . import fileio, records, splits
 from .config import IngestConfig
-from .sources import Item
+from .sources import Failure, Item
+from .workers import Result
 
 
 @dataclass
@@ -80,3 +86,60 @@ def plan_shards(items: list[Item], cfg: IngestConfig, part: str, shuffle: bool =
         for s in range(total):
             plans.append(ShardPlan(split, s, total, part, chosen[s * cfg.shard_size : (s + 1) * cfg.shard_size]))
     return plans
+
+
+# --------------------------------------------------------------------------- writing one shard
+
+
+def state_path(partial: Path, plan: ShardPlan) -> Path:
+    return partial / f"{plan.name}.json"
+
+
+def shard_done(out: Path, partial: Path, plan: ShardPlan) -> dict[str, Any] | None:
+    """The shard's state when an earlier run (or another worker) finished it, else None."""
+    state_file, shard = state_path(partial, plan), out / plan.name
+    if not (state_file.is_file() and shard.is_file()):
+        return None
+    try:
+        state = json.loads(state_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return state if state.get("bytes") == shard.stat().st_size else None
+
+
+def write_shard(
+    out: Path,
+    partial: Path,
+    plan: ShardPlan,
+    n_labels: int,
+    results: Iterator[Result],
+    on_result: Callable[[Item, Failure | None], None] = lambda item, failure: None,
+    on_writer: Callable[[records.ShardWriter | None], None] = lambda writer: None,
+) -> dict[str, Any]:
+    """One shard from the next `len(plan.items)` results (temp name + rename), then its state file;
+    returns the state. `on_writer` sees the open writer (a disk-full message counts from it)."""
+    writer = records.ShardWriter(out, plan.name, n_labels)
+    on_writer(writer)
+    fails: list[dict[str, Any]] = []
+    index: list[list[str]] = []
+    try:
+        for _ in plan.items:
+            item, example, failure = next(results)
+            if failure is not None:
+                fails.append(asdict(failure))
+            else:
+                writer.write(example, item.labels)
+                index.append([item.id, plan.split, plan.name, item.source, "".join(map(str, item.labels))])
+            on_result(item, failure)
+        result = writer.close()
+    except BaseException:
+        writer.abort()
+        raise
+    state = {**asdict(result), "split": plan.split, "failures": fails, "index": index}
+    try:
+        fileio.atomic_write_json(state_path(partial, plan), state)
+    except BaseException:
+        (out / plan.name).unlink(missing_ok=True)  # not finished without its state: give its space back
+        raise
+    on_writer(None)
+    return state

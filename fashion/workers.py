@@ -107,10 +107,9 @@ def ordered_map(fn, items: Iterable[Item], workers: int, window: int) -> Iterato
         pool.terminate()  # drops queued work; downloads in flight see the fetcher's cancel and stop
 
 
-@contextlib.contextmanager
-def processed(cfg: IngestConfig, items: Iterable[Item], n_items: int) -> Iterator[Iterator[Result]]:
-    """`make_worker`'s results for `items`, in order; the fetcher and both pools are closed on leaving."""
-    fetcher = Fetcher(
+def make_fetcher(cfg: IngestConfig) -> Fetcher:
+    """The run's byte source: its limits, retries, pool size and cache."""
+    return Fetcher(
         timeout=cfg.timeout,
         connect_timeout=cfg.connect_timeout,
         retries=cfg.retries,
@@ -120,6 +119,12 @@ def processed(cfg: IngestConfig, items: Iterable[Item], n_items: int) -> Iterato
         cache_dir=cfg.cache,
         warn=lambda message: tqdm.write(message, file=sys.stderr),  # above the progress bar
     )
+
+
+@contextlib.contextmanager
+def processed(cfg: IngestConfig, items: Iterable[Item], n_items: int) -> Iterator[Iterator[Result]]:
+    """`make_worker`'s results for `items`, in order; the fetcher and both pools are closed on leaving."""
+    fetcher = make_fetcher(cfg)
     pool = decoder_pool(n_items)
     results = ordered_map(make_worker(cfg, fetcher, pool), items, workers=cfg.workers, window=cfg.workers * 4)
     try:

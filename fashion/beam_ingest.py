@@ -1,0 +1,180 @@
+"""`generate_dataset.py --engine beam`: the planned shards written by an Apache Beam pipeline.
+
+A different driver for the same per-image code. The job (ingest.py) reads the list, splits it and
+plans the shards exactly as the local engine does; this module hands the unfinished shards to Beam:
+
+    OUT/.partial/beam-plans.jsonl   one line per shard: its name, split and items (ReadFromText splits it)
+      -> Reshuffle                  spread the shards over the workers
+      -> WriteShard                 per shard: fetch (threads, the run's Fetcher: limits, retries, cache),
+                                    decode/resize/encode (imaging), write the shard (temp name + rename)
+                                    and its state file: shards.write_shard, as the local engine
+      -> failures (side output)     counted by reason in Beam metrics (the rows travel in the state files,
+                                    written with their shard, so a retried bundle never counts one twice)
+
+The job then writes failures.csv, index.csv and dataset.json last, as for the local engine, so a
+pipeline that dies leaves no folder that looks complete and a rerun redoes only unfinished shards.
+Workers need OUT and the cache on a filesystem they all see (local here; a shared mount on a cluster).
+
+With no runner given, the pipeline runs on Beam's DirectRunner in multi-process mode on every core: it
+needs no network (the Prism runner downloads a binary at run time; pass --prism_location for it).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from . import workers
+from .config import IngestConfig
+from .errors import IngestError
+from .shards import ShardPlan, shard_done, write_shard
+from .sources import Item
+
+PLANS = "beam-plans.jsonl"
+INSTALL = "pip install 'fashion[beam]' (or: pip install 'apache-beam[tfrecord]' google-crc32c)"
+
+
+def import_beam() -> Any:
+    try:
+        import apache_beam as beam
+    except ImportError as e:
+        raise IngestError(f"--engine beam needs Apache Beam, which is not installed ({e}): {INSTALL}") from None
+    return beam
+
+
+def pipeline_args(beam_args: Sequence[str], cores: int | None = None) -> list[str]:
+    """Beam's options as given; with no --runner, the DirectRunner on every core in separate processes
+    (measured faster than its threads for this work: bench/ingest.py)."""
+    args = list(beam_args)
+    if not any(a == "--runner" or a.startswith("--runner=") for a in args):
+        args.append("--runner=DirectRunner")
+        if not any(a.startswith("--direct_running_mode") for a in args):
+            args.append("--direct_running_mode=multi_processing")
+        if not any(a.startswith("--direct_num_workers") for a in args):
+            args.append(f"--direct_num_workers={cores or os.cpu_count() or 1}")
+    if not any(a.startswith("--default_sdk_harness_log_level") for a in args):
+        args.append("--default_sdk_harness_log_level=WARNING")
+    return args
+
+
+def plan_line(plan: ShardPlan) -> str:
+    return json.dumps({**asdict(plan), "items": [asdict(it) for it in plan.items]}, ensure_ascii=False)
+
+
+def plan_from_line(line: str) -> ShardPlan:
+    d = json.loads(line)
+    items = [Item(**{**it, "labels": tuple(it["labels"])}) for it in d.pop("items")]
+    return ShardPlan(**d, items=items)
+
+
+def _dofn(beam: Any) -> type:
+    """The DoFn class, made once Beam is imported (this module imports without it)."""
+
+    class _WriteShard(beam.DoFn):
+        """One planned shard per element: written (or found finished), its failures on the side output."""
+
+        def __init__(self, cfg: IngestConfig, out: str, partial: str, n_labels: int):
+            self.cfg, self.out, self.partial, self.n_labels = cfg, Path(out), Path(partial), n_labels
+            self.fetcher = None
+            self.images = beam.metrics.Metrics.counter("fashion", "images")
+
+        def setup(self) -> None:
+            self.fetcher = workers.make_fetcher(self.cfg)
+
+        def process(self, line: str):
+            plan = plan_from_line(line)
+            state = shard_done(self.out, self.partial, plan)
+            if state is None:
+                work = workers.make_worker(self.cfg, self.fetcher, None)  # decoding in this worker process
+                results = workers.ordered_map(work, plan.items, self.cfg.workers, self.cfg.workers * 4)
+                try:
+                    state = write_shard(self.out, self.partial, plan, self.n_labels, results)
+                finally:
+                    results.close()
+                self.images.inc(len(plan.items))
+            for failure in state["failures"]:
+                yield beam.pvalue.TaggedOutput("failures", failure)
+            yield plan.name
+
+        def teardown(self) -> None:
+            if self.fetcher is not None:
+                self.fetcher.close()
+
+    return _WriteShard
+
+
+def _count_failure(failure: dict[str, Any]) -> None:
+    from apache_beam.metrics import Metrics
+
+    Metrics.counter("fashion.failures", failure["reason"].split(":", 1)[0][:40]).inc()
+
+
+def write_shards(
+    cfg: IngestConfig, out: Path, partial: Path, todo: list[ShardPlan], n_labels: int, on_shard: Any
+) -> None:
+    """Run the pipeline over the unfinished shards `todo`; `on_shard(plan)` is called (from a watcher
+    thread) as each shard's state file appears, for the progress bar."""
+    beam = import_beam()
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    plans_file = partial / PLANS
+    plans_file.write_text("".join(plan_line(p) + "\n" for p in todo), encoding="utf-8")
+    # Workers are separate processes that import TensorFlow: keep its start-up INFO lines (oneDNN, CUDA
+    # drivers) out of the console; warnings and errors still show. Beam's own INFO likewise.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
+    logging.getLogger("apache_beam").setLevel(logging.WARNING)
+    stop = threading.Event()
+    watcher = threading.Thread(target=_watch, args=(out, partial, todo, on_shard, stop), daemon=True)
+    watcher.start()
+    try:
+        options = PipelineOptions(pipeline_args(cfg.beam_args))
+        with beam.Pipeline(options=options) as p:
+            written = (
+                p
+                | "ReadPlans" >> beam.io.ReadFromText(str(plans_file))
+                | "Spread" >> beam.Reshuffle()
+                | "WriteShard"
+                >> beam.ParDo(_dofn(beam)(cfg, str(out), str(partial), n_labels)).with_outputs(
+                    "failures", main="shards"
+                )
+            )
+            _ = written.failures | "CountFailures" >> beam.Map(_count_failure)
+    except IngestError:
+        raise
+    except KeyboardInterrupt:
+        raise
+    except Exception as e:
+        raise IngestError(
+            f"the Beam pipeline failed ({runner_problem(e)}); finished shards are kept in {out}"
+        ) from None
+    finally:
+        stop.set()
+        watcher.join(timeout=5)
+    plans_file.unlink(missing_ok=True)
+
+
+def runner_problem(e: Exception) -> str:
+    """The pipeline's error in one line; the offline Prism case says what to place where."""
+    text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    if "prism" in text.lower() and ("fetch" in text.lower() or "download" in text.lower()):
+        return (
+            f"{text}: the Prism runner downloads its binary at run time; place the release zip named there "
+            f"on this machine and add --prism_location=PATH after --, or use the default DirectRunner"
+        )
+    return f"{type(e).__name__}: {text}"
+
+
+def _watch(out: Path, partial: Path, todo: list[ShardPlan], on_shard: Any, stop: threading.Event) -> None:
+    left = list(todo)
+    while left and not stop.wait(0.5):
+        for plan in [p for p in left if shard_done(out, partial, p) is not None]:
+            left.remove(plan)
+            on_shard(plan)
+    for plan in [p for p in left if shard_done(out, partial, p) is not None]:
+        on_shard(plan)

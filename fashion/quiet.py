@@ -1,0 +1,94 @@
+"""Start-up noise kept off the console, at the file-descriptor level, while real messages pass.
+
+TensorFlow's C++ start-up lines (oneDNN, CUDA drivers on a machine without a GPU) and Beam's worker
+chatter are written to file descriptor 2 by C code and by child processes, where neither Python's
+logging nor `TF_CPP_MIN_LOG_LEVEL` (no longer honoured by TensorFlow 2.21's absl logging for these)
+reach. `filtered_stderr()` points fd 2 at a pipe, drops the lines matching `NOISE` and copies every
+other line to the real stderr; Python's own writes (`sys.stderr`: progress bars, our messages) go
+straight to the real stderr, unbuffered by the filter.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import sys
+import threading
+from collections.abc import Iterator
+
+NOISE = re.compile(
+    rb"^(WARNING: All log messages before absl::InitializeLog\(\) is called"
+    rb"|I0000 \S+ +\d+ (port|cudart_stub|cpu_feature_guard)\.cc"
+    rb"|[WE]0000 \S+ +\d+ cuda_\w+\.cc"
+    rb"|WARNING:root:apitools not found"
+    rb"|INFO:"
+    rb"|WARNING:__main__:No semi_persistent_directory"
+    rb"|WARNING:apache_beam\.options\.pipeline_options:Discarding unparseable args"
+    rb"|WARNING:apache_beam\.runners\.portability\.local_job_service:Worker: severity: WARN"
+    rb"|To enable the following instructions: .* in other operations, rebuild TensorFlow)"
+)
+
+
+@contextlib.contextmanager
+def filtered_stderr(noise: re.Pattern[bytes] = NOISE) -> Iterator[None]:
+    """Inside: fd 2 (this process's C code and the children it starts) is filtered line by line."""
+    sys.stderr.flush()
+    real = os.dup(2)
+    read_end, write_end = os.pipe()
+    os.dup2(write_end, 2)
+    os.close(write_end)
+    py_stderr = sys.stderr
+    if _is_fd2(py_stderr):  # else (pytest's capture, a redirect in code) Python's writes already go elsewhere
+        sys.stderr = _Writes(os.fdopen(os.dup(real), "w", buffering=1, encoding=py_stderr.encoding), noise)
+    copier = threading.Thread(target=_copy, args=(read_end, os.dup(real), noise), daemon=True)
+    copier.start()
+    try:
+        yield
+    finally:
+        if sys.stderr is not py_stderr:
+            with contextlib.suppress(Exception):
+                sys.stderr.flush()
+                sys.stderr._stream.close()
+            sys.stderr = py_stderr
+        os.dup2(real, 2)  # our write end of the pipe is gone: EOF once the children's copies close too
+        copier.join(timeout=2)  # a child still holding the pipe keeps the daemon copier, not us
+        os.close(real)
+
+
+def _is_fd2(stream) -> bool:
+    try:
+        return stream.fileno() == 2
+    except (AttributeError, OSError, ValueError):
+        return False
+
+
+class _Writes:
+    """sys.stderr inside: each write straight through (a progress bar's \r updates stay live) unless it is
+    a noise line (a logging handler writes a record in one call)."""
+
+    def __init__(self, stream, noise: re.Pattern[bytes]):
+        self._stream, self._noise = stream, noise
+
+    def write(self, text: str) -> int:
+        if self._noise.match(text.encode("utf-8", "replace")):
+            return len(text)
+        return self._stream.write(text)
+
+    def __getattr__(self, name: str):  # flush, fileno, isatty, encoding...
+        return getattr(self._stream, name)
+
+
+def _copy(read_end: int, out: int, noise: re.Pattern[bytes]) -> None:
+    pending = b""
+    with contextlib.suppress(OSError):
+        while chunk := os.read(read_end, 65536):
+            pending += chunk
+            *lines, pending = pending.split(b"\n")
+            kept = b"".join(line + b"\n" for line in lines if not noise.match(line))
+            if kept:
+                os.write(out, kept)
+        if pending and not noise.match(pending):
+            os.write(out, pending)
+    os.close(read_end)
+    os.close(out)
