@@ -92,7 +92,8 @@ def test_deadline_covers_the_whole_download_and_the_message_says_so(server):
         msg = str(e.value)
         assert msg.startswith("timeout: not complete within the 1s deadline for the whole download (--timeout)")
         assert "gave up after " in msg and "1 attempt" in msg, msg
-    assert server.hits["/slow"] == 1, "no attempt is started that the deadline cannot allow"
+    # <= 1: on a loaded machine the deadline can pass before the server even counts the request
+    assert server.hits["/slow"] <= 1, "no attempt is started that the deadline cannot allow"
 
 
 @pytest.mark.timeout(60)
