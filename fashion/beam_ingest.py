@@ -15,8 +15,9 @@ The job then writes failures.csv, index.csv and dataset.json last, as for the lo
 pipeline that dies leaves no folder that looks complete and a rerun redoes only unfinished shards.
 Workers need OUT and the cache on a filesystem they all see (local here; a shared mount on a cluster).
 
-With no runner given, the pipeline runs on Beam's DirectRunner in multi-process mode on every core: it
-needs no network (the Prism runner downloads a binary at run time; pass --prism_location for it).
+With no runner given, the pipeline runs on Beam's FnApiRunner (the DirectRunner's batch engine) with one
+worker process per core: it needs no network (the Prism runner downloads a binary at run time; pass
+--prism_location for it).
 """
 
 from __future__ import annotations
@@ -24,13 +25,16 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shlex
+import signal
+import sys
 import threading
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from . import workers
+from . import quiet, workers
 from .config import IngestConfig
 from .errors import IngestError
 from .shards import ShardPlan, shard_done, write_shard
@@ -49,18 +53,30 @@ def import_beam() -> Any:
 
 
 def pipeline_args(beam_args: Sequence[str], cores: int | None = None) -> list[str]:
-    """Beam's options as given; with no --runner, the DirectRunner on every core in separate processes
-    (measured faster than its threads for this work: bench/ingest.py)."""
+    """Beam's options as given; with no --runner, `local_runner` runs it on every core."""
     args = list(beam_args)
-    if not any(a == "--runner" or a.startswith("--runner=") for a in args):
-        args.append("--runner=DirectRunner")
-        if not any(a.startswith("--direct_running_mode") for a in args):
-            args.append("--direct_running_mode=multi_processing")
-        if not any(a.startswith("--direct_num_workers") for a in args):
-            args.append(f"--direct_num_workers={cores or os.cpu_count() or 1}")
+    if not has_runner(args) and not any(a.startswith("--direct_num_workers") for a in args):
+        args.append(f"--direct_num_workers={cores or os.cpu_count() or 1}")
     if not any(a.startswith("--default_sdk_harness_log_level") for a in args):
         args.append("--default_sdk_harness_log_level=WARNING")
     return args
+
+
+def has_runner(args: Sequence[str]) -> bool:
+    return any(a == "--runner" or a.startswith("--runner=") for a in args)
+
+
+def local_runner() -> Any:
+    """Beam's FnApiRunner (what the DirectRunner runs a batch pipeline on, without first trying Prism,
+    which downloads a binary) with one worker process per core, as its multi_processing mode starts them,
+    but through `python -m fashion.beam_ingest`: the same SDK harness with Ctrl-C ignored, so a Ctrl-C
+    at the terminal reaches only the driver, which stops the workers and says what was kept. Processes,
+    not threads: decoding holds the GIL part of the time."""
+    from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+    from apache_beam.transforms.environments import SubprocessSDKEnvironment
+
+    command = f"{shlex.quote(sys.executable)} -m fashion.beam_ingest"
+    return FnApiRunner(default_environment=SubprocessSDKEnvironment.from_command_string(command))
 
 
 def plan_line(plan: ShardPlan) -> str:
@@ -129,12 +145,16 @@ def write_shards(
     # drivers) out of the console; warnings and errors still show. Beam's own INFO likewise.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
     logging.getLogger("apache_beam").setLevel(logging.WARNING)
+    # it warns that direct_num_workers > 1 wants --direct_running_mode, which would replace our workers
+    logging.getLogger("apache_beam.runners.portability.fn_api_runner.fn_runner").setLevel(logging.ERROR)
     stop = threading.Event()
     watcher = threading.Thread(target=_watch, args=(out, partial, todo, on_shard, stop), daemon=True)
     watcher.start()
+    old_handler = _mute_on_interrupt()
     try:
-        options = PipelineOptions(pipeline_args(cfg.beam_args))
-        with beam.Pipeline(options=options) as p:
+        args = pipeline_args(cfg.beam_args)
+        runner = None if has_runner(args) else local_runner()
+        with beam.Pipeline(runner=runner, options=PipelineOptions(args)) as p:
             written = (
                 p
                 | "ReadPlans" >> beam.io.ReadFromText(str(plans_file))
@@ -154,9 +174,30 @@ def write_shards(
             f"the Beam pipeline failed ({runner_problem(e)}); finished shards are kept in {out}"
         ) from None
     finally:
+        if old_handler is not None:
+            signal.signal(signal.SIGINT, old_handler)
         stop.set()
         watcher.join(timeout=5)
     plans_file.unlink(missing_ok=True)
+
+
+def _mute_on_interrupt() -> Any:
+    """Ctrl-C during the pipeline: silence the console first, then interrupt. Beam's teardown logs the
+    workers' broken connections and the workers (same process group) die with tracebacks; none of it is
+    news, and the job says in one line what was kept. Returns the handler to restore (None off the main
+    thread, where signals cannot be handled)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    previous = signal.getsignal(signal.SIGINT)
+    if previous is signal.SIG_IGN:
+        return None
+
+    def interrupt(signum: int, frame: Any) -> None:
+        quiet.mute()
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, interrupt)
+    return previous
 
 
 def runner_problem(e: Exception) -> str:
@@ -178,3 +219,10 @@ def _watch(out: Path, partial: Path, todo: list[ShardPlan], on_shard: Any, stop:
             on_shard(plan)
     for plan in [p for p in left if shard_done(out, partial, p) is not None]:
         on_shard(plan)
+
+
+if __name__ == "__main__":  # a worker of `local_runner`: Beam's SDK harness, with Ctrl-C left to the driver
+    import runpy
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    runpy.run_module("apache_beam.runners.worker.sdk_worker_main", run_name="__main__", alter_sys=True)

@@ -98,7 +98,16 @@ def generate_dataset_main(argv: list[str] | None = None) -> int:
         code = EXIT_INTERRUPTED
     if own_process:
         _exit_on_interrupt()
+        if code == EXIT_INTERRUPTED:  # said in one line what was kept; threads still winding down (Beam's
+            _leave(EXIT_INTERRUPTED)  # gRPC readers) must not print on their way out
     return code
+
+
+def _leave(code: int) -> None:
+    with contextlib.suppress(Exception):
+        sys.stdout.flush()
+        sys.stderr.flush()
+    os._exit(code)
 
 
 def _exit_on_interrupt() -> None:
@@ -109,13 +118,7 @@ def _exit_on_interrupt() -> None:
     if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:  # started with Ctrl-C ignored: keep it so
         return
 
-    def leave(signum: int, frame: object) -> None:
-        with contextlib.suppress(Exception):
-            sys.stdout.flush()
-            sys.stderr.flush()
-        os._exit(EXIT_INTERRUPTED)
-
-    signal.signal(signal.SIGINT, leave)
+    signal.signal(signal.SIGINT, lambda signum, frame: _leave(EXIT_INTERRUPTED))
 
 
 # --------------------------------------------------------------------------- train.py

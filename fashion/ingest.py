@@ -85,9 +85,11 @@ class Ingest:
 
     def _run(self) -> int:
         if self.cfg.engine == "beam":
+            from . import quiet
             from .beam_ingest import import_beam
 
-            import_beam()  # not installed: one line before anything is read or written
+            with quiet.filtered_stderr():  # Beam's import warns about cloud clients it does not need
+                import_beam()  # not installed: one line before anything is read or written
         existing = self._existing_manifest()
         parsed = self._read_source(existing)
         # Fingerprint the list as given, before ids already in the dataset are dropped,

@@ -30,10 +30,22 @@ NOISE = re.compile(
 )
 
 
+_muted = threading.Event()
+
+
+def mute() -> None:
+    """From now on inside `filtered_stderr`, drop everything but our own messages' stream: after a Ctrl-C,
+    the children and their threads die with tracebacks the user has no use for (the job says in one
+    line what was kept); threads that die later print nothing either."""
+    _muted.set()
+    threading.excepthook = lambda args: None
+
+
 @contextlib.contextmanager
 def filtered_stderr(noise: re.Pattern[bytes] = NOISE) -> Iterator[None]:
     """Inside: fd 2 (this process's C code and the children it starts) is filtered line by line."""
     sys.stderr.flush()
+    _muted.clear()
     real = os.dup(2)
     read_end, write_end = os.pipe()
     os.dup2(write_end, 2)
@@ -46,11 +58,9 @@ def filtered_stderr(noise: re.Pattern[bytes] = NOISE) -> Iterator[None]:
     try:
         yield
     finally:
-        if sys.stderr is not py_stderr:
-            with contextlib.suppress(Exception):
-                sys.stderr.flush()
-                sys.stderr._stream.close()
-            sys.stderr = py_stderr
+        if isinstance(sys.stderr, _Writes):
+            writes, sys.stderr = sys.stderr, py_stderr
+            writes.hand_over(py_stderr)  # logging handlers made inside still hold it: they write on, unfiltered
         os.dup2(real, 2)  # our write end of the pipe is gone: EOF once the children's copies close too
         copier.join(timeout=2)  # a child still holding the pipe keeps the daemon copier, not us
         os.close(real)
@@ -71,9 +81,15 @@ class _Writes:
         self._stream, self._noise = stream, noise
 
     def write(self, text: str) -> int:
-        if self._noise.match(text.encode("utf-8", "replace")):
+        if _muted.is_set() or self._noise.match(text.encode("utf-8", "replace")):
             return len(text)
         return self._stream.write(text)
+
+    def hand_over(self, stream) -> None:
+        own, self._stream = self._stream, stream
+        with contextlib.suppress(Exception):
+            own.flush()
+            own.close()
 
     def __getattr__(self, name: str):  # flush, fileno, isatty, encoding...
         return getattr(self._stream, name)
@@ -85,10 +101,10 @@ def _copy(read_end: int, out: int, noise: re.Pattern[bytes]) -> None:
         while chunk := os.read(read_end, 65536):
             pending += chunk
             *lines, pending = pending.split(b"\n")
-            kept = b"".join(line + b"\n" for line in lines if not noise.match(line))
+            kept = b"" if _muted.is_set() else b"".join(line + b"\n" for line in lines if not noise.match(line))
             if kept:
                 os.write(out, kept)
-        if pending and not noise.match(pending):
+        if pending and not _muted.is_set() and not noise.match(pending):
             os.write(out, pending)
     os.close(read_end)
     os.close(out)

@@ -150,8 +150,6 @@ def test_beam_options_need_the_beam_engine_and_beam_itself(tmp_path, capsys, mon
     assert generate_dataset_main([str(lst), "--out", str(tmp_path / "o"), "--", "--runner=FlinkRunner"]) == 2
     assert "add --engine beam" in capsys.readouterr().err
     assert beam_ingest.pipeline_args([], cores=2) == [
-        "--runner=DirectRunner",
-        "--direct_running_mode=multi_processing",
         "--direct_num_workers=2",
         "--default_sdk_harness_log_level=WARNING",
     ]
