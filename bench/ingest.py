@@ -1,8 +1,10 @@
 #!/usr/bin/env python
-"""Ingestion benchmark: ours vs the original generator's way vs the local OpenCV limit, side by side.
+"""Ingestion benchmark: ours (local and Beam engines) vs img2dataset, vs the original generator's way,
+vs the local OpenCV limit, side by side.
 
-Run:   .venv/bin/python bench/ingest.py            (about 8 minutes on 2 cores)
-       .venv/bin/python bench/ingest.py --quick    (smaller lists, under a minute)
+Run:   .venv/bin/python bench/ingest.py --img2dataset /work/i2d-venv/bin/python    (about 20 minutes on 2 cores)
+       .venv/bin/python bench/ingest.py --suite peer --img2dataset PYTHON         (the peer table only)
+       .venv/bin/python bench/ingest.py --quick    (smaller lists, a few minutes)
 
 A local HTTP server (its own process, 127.0.0.1 only) serves real 550x825 street
 photos from ../shared/data/ccp-dev (or data/sample when that is absent) with a
@@ -16,6 +18,12 @@ TensorFlow import cancel out. Each run gets fresh URLs (no cache hits).
   (c) local limit: OpenCV decode + short side 256 + center crop + encode of the same files
       on all cores, no network, nothing written; also with the half-scale JPEG decode ours uses
   memory: peak RSS of (a) for two list sizes (flat = streaming)
+
+Peer suite (issue #14), marginal rates between 50 and 1,250 URLs at 50 ms and 0 ms latency:
+  ours local (`generate_dataset.py`), ours beam (`--engine beam`: Beam's FnApiRunner, one worker
+  process per core), img2dataset (its multiprocessing distributor, `--i2d-processes` x `--i2d-threads`,
+  TFRecord output of 256 px center crops at q95: bench/img2dataset_ref.py, in a side environment);
+  then the peak memory of the Beam run on 20,000 URLs, summed over all its processes.
 """
 
 from __future__ import annotations
@@ -66,7 +74,10 @@ def serve(folder: str, latency: mp.Value, port: mp.Value, ready: mp.Event) -> No
             self.end_headers()
             self.wfile.write(body or b"")
 
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    class Server(ThreadingHTTPServer):
+        request_queue_size = 1024  # img2dataset opens P x T connections at once: socketserver's 5 overflowed
+
+    httpd = Server(("127.0.0.1", 0), Handler)
     httpd.daemon_threads = True
     port.value = httpd.server_address[1]
     ready.set()
@@ -85,36 +96,77 @@ def make_list(tmp: Path, base_url: str, names: list[str], n: int, tag: str) -> P
     return path
 
 
-def run_child(cmd: list[str]) -> tuple[float, int]:
-    """Wall seconds and peak RSS (MiB) of one child process."""
+def tree_rss_mib(root: int) -> float:
+    """Resident memory of a process and all its descendants now (Beam's workers, decoders), MiB."""
+    parents: dict[int, int] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            parents[int(stat.parent.name)] = int(fields[1])
+        except (OSError, IndexError, ValueError):
+            pass
+    tree, frontier = {root}, [root]
+    while frontier:
+        kids = [p for p, pp in parents.items() if pp in frontier and p not in tree]
+        tree.update(kids)
+        frontier = kids
+    total = 0
+    for pid in tree:
+        try:
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+        except OSError:
+            pass
+    return total / 1024
+
+
+def run_child(cmd: list[str], tree: bool = False) -> tuple[float, int]:
+    """Wall seconds and peak RSS (MiB) of one child process; with `tree`, the peak of the sum over the
+    child and its descendants, sampled every 0.2 s."""
     t = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=ROOT)
+    peak = [0.0]
+    if tree:
+
+        def sample() -> None:
+            while proc.poll() is None:
+                peak[0] = max(peak[0], tree_rss_mib(proc.pid))
+                time.sleep(0.2)
+
+        import threading
+
+        threading.Thread(target=sample, daemon=True).start()
     err = proc.stderr.read()
     _, status, usage = os.wait4(proc.pid, 0)
     dt = time.perf_counter() - t
     code = os.waitstatus_to_exitcode(status)
     if code not in (0,):
         sys.exit(f"child failed ({code}): {' '.join(cmd[:3])}...\n{err.decode()[-2000:]}")
-    return dt, usage.ru_maxrss // 1024
+    return dt, int(peak[0]) if tree else usage.ru_maxrss // 1024
 
 
-def ours(lst: Path, tmp: Path) -> tuple[float, int]:
+def ours(lst: Path, tmp: Path, *more: str, tree: bool = False) -> tuple[float, int]:
     out = tempfile.mkdtemp(dir=tmp)
-    return run_child(
-        [
-            sys.executable,
-            "generate_dataset.py",
-            str(lst),
-            "--out",
-            out,
-            "--cache",
-            out + "/cache",
-            "--image-size",
-            "256",
-            "--shard-size",
-            "1024",
-        ]
-    )
+    cmd = [sys.executable, "generate_dataset.py", str(lst), "--out", out, "--cache", out + "/cache"]
+    return run_child([*cmd, "--image-size", "256", "--shard-size", "1024", *more], tree=tree)
+
+
+def ours_beam(lst: Path, tmp: Path, tree: bool = False) -> tuple[float, int]:
+    """The same through `--engine beam` (FnApiRunner, one worker process per core). Shards of 256 so that
+    a list of 1,250 gives every worker several shards (Beam spreads shards, not images)."""
+    return ours(lst, tmp, "--engine", "beam", "--shard-size", "256", tree=tree)
+
+
+I2D = {"python": "", "processes": 2, "threads": 32}  # set from the command line
+
+
+def img2dataset(lst: Path, tmp: Path) -> tuple[float, int]:
+    """The peer: img2dataset in its own environment (bench/img2dataset_ref.py), same crops and TFRecords."""
+    out = tempfile.mkdtemp(dir=tmp)
+    script = str(ROOT / "bench" / "img2dataset_ref.py")
+    procs, threads = str(I2D["processes"]), str(I2D["threads"])
+    return run_child([I2D["python"], script, str(lst), out, "--processes", procs, "--threads", threads])
 
 
 def reference(lst: Path, tmp: Path) -> tuple[float, int]:
@@ -183,11 +235,85 @@ def marginal(fn, tmp: Path, base: str, names: list[str], n1: int, n2: int, tag: 
     return (n2 - n1) / max(t2 - t1, 1e-9)
 
 
+def peer_suite(tmp: Path, base: str, names: list[str], latency, args) -> None:
+    """Ours (local engine), ours (Beam engine) and img2dataset on the same URLs, at 50 ms and 0 ms."""
+    n1, n2 = (50, 300) if args.quick else (50, 1250)
+    engines = [("ours local", ours), ("ours beam", ours_beam)]
+    if I2D["python"]:
+        engines.append((f"img2dataset {I2D['processes']}x{I2D['threads']}", img2dataset))
+    table = []
+    for lat in (args.latency, 0.0):
+        latency.value = lat
+        rates = {
+            name: marginal(fn, tmp, base, names, n1, n2, name.split()[0] + name.split()[1][:2]) for name, fn in engines
+        }
+        table.append((lat, rates))
+    print(f"\nmarginal img/s between {n1} and {n2} URLs, best of 2 runs each")
+    print(f"{'latency':>8} " + " ".join(f"{name:>22}" for name, _ in engines) + "   ratios")
+    for lat, rates in table:
+        a, b = rates["ours local"], rates["ours beam"]
+        ratios = f"beam/local {b / a:.2f}"
+        if len(engines) > 2:
+            c = rates[engines[2][0]]
+            ratios = f"local/img2dataset {a / c:.2f}, beam/img2dataset {b / c:.2f}, " + ratios
+        print(f"{lat * 1000:>6.0f}ms " + " ".join(f"{rates[n]:22.1f}" for n, _ in engines) + "   " + ratios)
+    if args.beam_memory:
+        latency.value = 0.0
+        n = args.beam_memory
+        seconds, peak = ours_beam(make_list(tmp, base, names, n, "bm"), tmp, tree=True)
+        _, local_peak = ours(make_list(tmp, base, names, n, "lm"), tmp, tree=True)
+        print(
+            f"peak RSS, all processes summed, {n} URLs: ours beam {peak} MiB ({seconds:.0f}s), "
+            f"ours local {local_peak} MiB (target: beam < 2048 MiB)"
+        )
+
+
+def original_suite(tmp: Path, base: str, names: list[str], latency, args) -> None:
+    """Ours vs the original generator's path, vs the local OpenCV limit, and memory (issue #2)."""
+    big = 200 if args.quick else 1200
+    small = 50 if args.quick else 200
+    ref_n = (10, 30) if args.quick else (40, 120)
+    rows = []
+    latency.value = args.latency
+    a50 = marginal(ours, tmp, base, names, small, big, "a50")
+    b50 = marginal(reference, tmp, base, names, *ref_n, "b50")
+    rows.append((f"{args.latency * 1000:.0f} ms", a50, b50, a50 / b50, "target >= 15x"))
+    latency.value = 0.0
+    a0 = marginal(ours, tmp, base, names, small, big, "a0")
+    c0 = marginal(local_limit, tmp, base, names, small, big, "c0")
+    c0r = marginal(local_limit_reduced, tmp, base, names, small, big, "c0r")
+    print(f"\n{'latency':>8} {'ours img/s':>11} {'ref img/s':>10} {'ratio':>8}")
+    for lat, a, b, r, note in rows:
+        print(f"{lat:>8} {a:11.1f} {b:10.1f} {r:7.1f}x  ({note})")
+    print(f"\n0 ms: ours {a0:.1f} img/s vs local OpenCV limit {c0:.1f} img/s = {a0 / c0:.0%} (target >= 70%)")
+    print(f"      vs the same limit decoding at half scale as ours does: {c0r:.1f} img/s = {a0 / c0r:.0%}")
+    if args.memory:
+        n1, n2 = (int(x) for x in args.memory.split(","))
+        _, m1 = ours(make_list(tmp, base, names, n1, "m"), tmp)
+        _, m2 = ours(make_list(tmp, base, names, n2, "m"), tmp)
+        print(f"peak RSS: {n1} images {m1} MiB, {n2} images {m2} MiB (ratio {m2 / m1:.2f}; flat = streaming)")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="smaller lists (a rough figure in under a minute)")
-    ap.add_argument("--latency", type=float, default=0.05, help="per-request latency for (a) vs (b), seconds")
+    ap.add_argument(
+        "--suite",
+        choices=("original", "peer", "all"),
+        default="all",
+        help="original: vs the original generator and the OpenCV limit; peer: local vs beam vs img2dataset",
+    )
+    ap.add_argument("--latency", type=float, default=0.05, help="per-request latency for the slow case, seconds")
     ap.add_argument("--memory", default="2000,40000", help="two list sizes for the peak-RSS check ('' to skip)")
+    ap.add_argument(
+        "--img2dataset",
+        metavar="PYTHON",
+        default="",
+        help="python of a side environment holding img2dataset (see bench/img2dataset_ref.py): the peer",
+    )
+    ap.add_argument("--i2d-processes", type=int, default=2, help="img2dataset processes_count")
+    ap.add_argument("--i2d-threads", type=int, default=32, help="img2dataset thread_count")
+    ap.add_argument("--beam-memory", type=int, default=20000, help="URLs for the Beam peak-memory check (0: skip)")
     ap.add_argument("--as-reference", nargs=2, help=argparse.SUPPRESS)
     ap.add_argument("--as-local", help=argparse.SUPPRESS)
     ap.add_argument("--reduced", action="store_true", help=argparse.SUPPRESS)
@@ -196,6 +322,7 @@ def main() -> None:
         return reference_main(*args.as_reference)
     if args.as_local:
         return local_main(args.as_local, args.reduced)
+    I2D.update(python=args.img2dataset, processes=args.i2d_processes, threads=args.i2d_threads)
 
     folder = photo_dir()
     names = sorted(p.name for p in folder.glob("*.jpg"))
@@ -204,31 +331,13 @@ def main() -> None:
     server.start()
     ready.wait(30)
     base = f"http://127.0.0.1:{port.value}"
-    big = 200 if args.quick else 1200
-    small = 50 if args.quick else 200
-    ref_n = (10, 30) if args.quick else (40, 120)
     print(f"photos: {len(names)} from {folder} ; cores: {os.cpu_count()} ; date: {date.today()}")
-    rows = []
     with tempfile.TemporaryDirectory(prefix="bench-ingest-") as tmpd:
         tmp = Path(tmpd)
-        latency.value = args.latency
-        a50 = marginal(ours, tmp, base, names, small, big, "a50")
-        b50 = marginal(reference, tmp, base, names, *ref_n, "b50")
-        rows.append((f"{args.latency * 1000:.0f} ms", a50, b50, a50 / b50, "target >= 15x"))
-        latency.value = 0.0
-        a0 = marginal(ours, tmp, base, names, small, big, "a0")
-        c0 = marginal(local_limit, tmp, base, names, small, big, "c0")
-        c0r = marginal(local_limit_reduced, tmp, base, names, small, big, "c0r")
-        print(f"\n{'latency':>8} {'ours img/s':>11} {'ref img/s':>10} {'ratio':>8}")
-        for lat, a, b, r, note in rows:
-            print(f"{lat:>8} {a:11.1f} {b:10.1f} {r:7.1f}x  ({note})")
-        print(f"\n0 ms: ours {a0:.1f} img/s vs local OpenCV limit {c0:.1f} img/s = {a0 / c0:.0%} (target >= 70%)")
-        print(f"      vs the same limit decoding at half scale as ours does: {c0r:.1f} img/s = {a0 / c0r:.0%}")
-        if args.memory:
-            n1, n2 = (int(x) for x in args.memory.split(","))
-            _, m1 = ours(make_list(tmp, base, names, n1, "m"), tmp)
-            _, m2 = ours(make_list(tmp, base, names, n2, "m"), tmp)
-            print(f"peak RSS: {n1} images {m1} MiB, {n2} images {m2} MiB (ratio {m2 / m1:.2f}; flat = streaming)")
+        if args.suite in ("peer", "all"):
+            peer_suite(tmp, base, names, latency, args)
+        if args.suite in ("original", "all"):
+            original_suite(tmp, base, names, latency, args)
     server.terminate()
 
 

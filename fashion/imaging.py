@@ -218,8 +218,10 @@ def resize(img: np.ndarray, size: int, mode: str = "crop") -> np.ndarray:
 
 
 def _interp(src: int, dst: int) -> int:
-    # INTER_AREA averages (no aliasing) when shrinking; bilinear when enlarging.
-    return cv2.INTER_AREA if dst < src else cv2.INTER_LINEAR
+    # INTER_AREA averages (no aliasing) for a real shrink, below half size. Above half size (what is left
+    # after a JPEG's reduced DCT decode, and any enlargement) bilinear samples every source pixel anyway, at
+    # a fifth of INTER_AREA's cost there (0.25 vs 1.3 ms per 550x825 photo, measured 2026-12-03).
+    return cv2.INTER_AREA if dst * 2 < src else cv2.INTER_LINEAR
 
 
 def encode_jpeg(rgb: np.ndarray, quality: int = 95) -> bytes:
