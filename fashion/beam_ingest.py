@@ -22,9 +22,11 @@ worker process per core: it needs no network (the Prism runner downloads a binar
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
+import re
 import shlex
 import signal
 import sys
@@ -170,6 +172,8 @@ def write_shards(
     except KeyboardInterrupt:
         raise
     except Exception as e:
+        if "No space left on device" in str(e):  # a worker's full disk: the job's disk-full line and exit 3
+            raise OSError(errno.ENOSPC, "No space left on device") from None
         raise IngestError(
             f"the Beam pipeline failed ({runner_problem(e)}); finished shards are kept in {out}"
         ) from None
@@ -202,7 +206,10 @@ def _mute_on_interrupt() -> Any:
 
 def runner_problem(e: Exception) -> str:
     """The pipeline's error in one line; the offline Prism case says what to place where."""
-    text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()] or [type(e).__name__]
+    # a worker's failure arrives as the text of its traceback: the last "SomeError: why" line says it
+    named = [ln for ln in lines if re.match(r"^[\w.]+(Error|Exception|Interrupt): ", ln)]
+    text = (named[-1] if named else lines[0])[:300]
     if "prism" in text.lower() and ("fetch" in text.lower() or "download" in text.lower()):
         return (
             f"{text}: the Prism runner downloads its binary at run time; place the release zip named there "
