@@ -170,10 +170,13 @@ def test_beam_options_need_the_beam_engine_and_beam_itself(tmp_path, capsys, mon
 def test_a_failed_worker_is_named_by_its_last_error_line():
     worker_text = (
         "Error processing instruction process_bundle-1. Original traceback is\n"
-        "Traceback (most recent call last):\n  File \"x.py\", line 1, in f\n"
+        'Traceback (most recent call last):\n  File "x.py", line 1, in f\n'
         "PermissionError: [Errno 13] Permission denied: '/data/out/.train-00000-of-00001.tfrecord.tmp'\n"
     )
     line = beam_ingest.runner_problem(RuntimeError(worker_text))
-    assert line == "RuntimeError: PermissionError: [Errno 13] Permission denied: '/data/out/.train-00000-of-00001.tfrecord.tmp'"
+    assert (
+        line
+        == "RuntimeError: PermissionError: [Errno 13] Permission denied: '/data/out/.train-00000-of-00001.tfrecord.tmp'"
+    )
     prism = RuntimeError("Unable to fetch remote prism binary at https://github.com/apache/beam/releases/x.zip: no DNS")
     assert "--prism_location=PATH" in beam_ingest.runner_problem(prism)
