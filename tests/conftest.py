@@ -14,6 +14,8 @@ import pytest
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
+# train.py's options for the tests' tiny runs: random weights, 32 px, the heads only
+TINY_TRAIN = ["--weights", "none", "--image-size", "32", "--layers", "heads"]
 SAMPLE = ROOT / "data" / "sample"
 
 

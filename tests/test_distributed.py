@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from conftest import ROOT, SAMPLE
+from conftest import ROOT, SAMPLE, TINY_TRAIN
 
 # every check is a fresh TensorFlow process (~7 s before it does anything), three of them train
 pytestmark = pytest.mark.slow
@@ -79,12 +79,7 @@ def test_train_py_on_two_logical_cpus_writes_a_bundle(dataset, tmp_path):
             "train.py",
             "--data",
             str(dataset),
-            "--weights",
-            "none",
-            "--image-size",
-            "32",
-            "--layers",
-            "heads",
+            *TINY_TRAIN,
             "--epochs",
             "1",
             "--batch-size",
@@ -167,12 +162,7 @@ def test_xla_trains_on_one_device(dataset, tmp_path):
             "train.py",
             "--data",
             str(dataset),
-            "--weights",
-            "none",
-            "--image-size",
-            "32",
-            "--layers",
-            "heads",
+            *TINY_TRAIN,
             "--epochs",
             "1",
             "--batch-size",

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import test_detect
 
-from conftest import ROOT, SAMPLE, sample_lines
+from conftest import ROOT, SAMPLE, TINY_TRAIN, sample_lines
 from fashion import imaging, pipeline, records
 from fashion.cli import detect_main, evaluate_main, train_main
 
@@ -58,12 +58,7 @@ def train_args(data: Path, tmp_path: Path, *more: str) -> list[str]:
     return [
         "--data",
         str(data),
-        "--weights",
-        "none",
-        "--image-size",
-        "32",
-        "--layers",
-        "heads",
+        *TINY_TRAIN,
         "--batch-size",
         "32",
         "--run",
