@@ -209,9 +209,25 @@ def photo() -> str:
         (lambda f: (f / "meta.json").write_text('{"labels": ["a",'), "meta.json", "invalid JSON"),
         (edit_meta(lambda m: m.pop("input_size")), "meta.json", "no 'input_size'"),
         (edit_meta(lambda m: m.update(labels=m["labels"][:12])), "meta.json", "12 labels for a model with 13 outputs"),
-        (edit_meta(lambda m: m.update(labels=[*m["labels"], "x"])), "meta.json", "14 labels for a model with 13"),
-        (edit_meta(lambda m: m.update(thresholds=[0.5] * 12)), "meta.json", "12 thresholds for 13 labels"),
-        (edit_meta(lambda m: m.update(input_size=64)), "meta.json", "input_size 64 but model.keras takes 32x32"),
+        # these three load the model (3-4 s each): slow, so that make test-fast stays under 2 minutes
+        pytest.param(
+            edit_meta(lambda m: m.update(labels=[*m["labels"], "x"])),
+            "meta.json",
+            "14 labels for a model with 13",
+            marks=pytest.mark.slow,
+        ),
+        pytest.param(
+            edit_meta(lambda m: m.update(thresholds=[0.5] * 12)),
+            "meta.json",
+            "12 thresholds for 13 labels",
+            marks=pytest.mark.slow,
+        ),
+        pytest.param(
+            edit_meta(lambda m: m.update(input_size=64)),
+            "meta.json",
+            "input_size 64 but model.keras takes 32x32",
+            marks=pytest.mark.slow,
+        ),
     ],
     ids=["flipped", "cut", "no-model", "no-meta", "bad-json", "no-input-size", "12", "14", "thresholds", "size"],
 )
@@ -235,6 +251,7 @@ def test_evaluate_and_tflite_paths_validate_the_bundle_too(bundle, dataset, tmp_
     assert line.startswith(f"error: {folder / 'model.tflite'}: damaged: not a readable TFLite model")
 
 
+@pytest.mark.slow  # two evaluations: 8 s
 def test_evaluate_names_a_missing_or_damaged_shard_and_writes_no_report(bundle, dataset, tmp_path, capsys):
     data = copy_dataset(dataset, tmp_path)
     target = shard(data, "val", 0)
