@@ -109,8 +109,7 @@ def _dofn(beam: Any) -> type:
             plan = plan_from_line(line)
             state = shard_done(self.out, self.partial, plan)
             if state is None:
-                work = workers.make_worker(self.cfg, self.fetcher, None)  # decoding in this worker process
-                results = workers.ordered_map(work, plan.items, self.cfg.workers, self.cfg.workers * 4)
+                results = workers.in_order(self.cfg, self.fetcher, None, plan.items)  # decoding in this process
                 try:
                     state = write_shard(self.out, self.partial, plan, self.n_labels, results)
                 finally:
@@ -136,16 +135,14 @@ def _count_failure(failure: dict[str, Any]) -> None:
 def write_shards(
     cfg: IngestConfig, out: Path, partial: Path, todo: list[ShardPlan], n_labels: int, on_shard: Any
 ) -> None:
-    """Run the pipeline over the unfinished shards `todo`; `on_shard(plan)` is called (from a watcher
+    """Run the pipeline over the unfinished shards `todo`; `on_shard(plan, state)` is called (from a watcher
     thread) as each shard's state file appears, for the progress bar."""
     beam = import_beam()
     from apache_beam.options.pipeline_options import PipelineOptions
 
     plans_file = partial / PLANS
     plans_file.write_text("".join(plan_line(p) + "\n" for p in todo), encoding="utf-8")
-    # Workers are separate processes that import TensorFlow: keep its start-up INFO lines (oneDNN, CUDA
-    # drivers) out of the console; warnings and errors still show. Beam's own INFO likewise.
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
+    # Beam's own INFO off the console (the workers' TensorFlow start-up lines are quiet.py's job)
     logging.getLogger("apache_beam").setLevel(logging.WARNING)
     # it warns that direct_num_workers > 1 wants --direct_running_mode, which would replace our workers
     logging.getLogger("apache_beam.runners.portability.fn_api_runner.fn_runner").setLevel(logging.ERROR)
@@ -169,9 +166,7 @@ def write_shards(
             _ = written.failures | "CountFailures" >> beam.Map(_count_failure)
     except IngestError:
         raise
-    except KeyboardInterrupt:
-        raise
-    except Exception as e:
+    except Exception as e:  # (a KeyboardInterrupt is not one: it goes up as it is)
         if "No space left on device" in str(e):  # a worker's full disk: the job's disk-full line and exit 3
             raise OSError(errno.ENOSPC, "No space left on device") from None
         raise IngestError(
@@ -213,19 +208,22 @@ def runner_problem(e: Exception) -> str:
     if "prism" in text.lower() and ("fetch" in text.lower() or "download" in text.lower()):
         return (
             f"{text}: the Prism runner downloads its binary at run time; place the release zip named there "
-            f"on this machine and add --prism_location=PATH after --, or use the default DirectRunner"
+            f"on this machine and add --prism_location=PATH after --, or leave out --runner for the local default"
         )
     return f"{type(e).__name__}: {text}"
 
 
 def _watch(out: Path, partial: Path, todo: list[ShardPlan], on_shard: Any, stop: threading.Event) -> None:
-    left = list(todo)
-    while left and not stop.wait(0.5):
-        for plan in [p for p in left if shard_done(out, partial, p) is not None]:
-            left.remove(plan)
-            on_shard(plan)
-    for plan in [p for p in left if shard_done(out, partial, p) is not None]:
-        on_shard(plan)
+    """`on_shard(plan, state)` for each shard of `todo` as it is finished, polling every 0.5 s; once more
+    after `stop`, for the shards finished since the last look."""
+    left, stopped = list(todo), False
+    while left and not stopped:
+        stopped = stop.wait(0.5)
+        for plan in list(left):
+            state = shard_done(out, partial, plan)
+            if state is not None:
+                left.remove(plan)
+                on_shard(plan, state)
 
 
 if __name__ == "__main__":  # a worker of `local_runner`: Beam's SDK harness, with Ctrl-C left to the driver

@@ -296,7 +296,7 @@ class Ingest:
         n_todo = sum(len(p.items) for p in todo)
         n_labels = len(plans[0].items[0].labels) if plans and plans[0].items else 0
         if self.cfg.engine == "beam":
-            self._write_shards_beam(todo, n_labels, n_total)
+            self._write_shards_beam(todo, n_labels, n_total, n_todo)
             return n_todo
         items = (it for p in todo for it in p.items)
         with (
@@ -307,14 +307,13 @@ class Ingest:
                 self._write_shard(plan, n_labels, results, bar)
         return n_todo
 
-    def _write_shards_beam(self, todo: list[ShardPlan], n_labels: int, n_total: int) -> None:
+    def _write_shards_beam(self, todo: list[ShardPlan], n_labels: int, n_total: int, n_todo: int) -> None:
         from . import beam_ingest, quiet
 
-        n_todo = sum(len(p.items) for p in todo)
         with quiet.filtered_stderr(), reports.IngestProgress(n_total, n_total - n_todo) as bar:
 
-            def on_shard(plan: ShardPlan) -> None:  # from the pipeline's watcher thread
-                for f in (shard_done(self.out, self.partial, plan) or {}).get("failures", []):
+            def on_shard(plan: ShardPlan, state: dict[str, Any]) -> None:  # from the pipeline's watcher thread
+                for f in state["failures"]:
                     bar.skipped(Item(f["line"] or 0, f["id"], f["source"], ()), Failure(**f))
                 bar.shard(len(plan.items))
 

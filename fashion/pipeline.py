@@ -184,8 +184,7 @@ def refuse_damaged(folder: str | Path, sha256: bool = False, splits: Sequence[st
     problems = records.check_shards(folder, splits, sha256=sha256)
     if not problems:
         return None
-    more = f" (and {len(problems) - 1} more shard(s))" if len(problems) > 1 else ""
-    return f"{problems[0]}{more}; restore it or rebuild the dataset (generate_dataset.py --verify {folder} lists every problem)"
+    return f"{_first_of(problems)}; restore it or rebuild the dataset (generate_dataset.py --verify {folder} lists every problem)"
 
 
 def read_failure(e: BaseException, folder: str | Path, splits: Sequence[str] = TRAINING_SPLITS) -> str | None:
@@ -207,7 +206,12 @@ def read_failure(e: BaseException, folder: str | Path, splits: Sequence[str] = T
             f"reading {folder} failed ({records.tf_error_text(e)}); {found}: "
             f"generate_dataset.py --verify {folder} checks each record"
         )
-    return bad[0] + (f" (and {len(bad) - 1} more shard(s))" if len(bad) > 1 else "")
+    return _first_of(bad)
+
+
+def _first_of(problems: Sequence[str]) -> str:
+    """The first shard's line, and how many more there are."""
+    return problems[0] + (f" (and {len(problems) - 1} more shard(s))" if len(problems) > 1 else "")
 
 
 def labels_of(files: Sequence[str], n_labels: int) -> np.ndarray:

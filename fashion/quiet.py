@@ -60,7 +60,7 @@ def filtered_stderr(noise: re.Pattern[bytes] = NOISE) -> Iterator[None]:
     finally:
         if isinstance(sys.stderr, _Writes):
             writes, sys.stderr = sys.stderr, py_stderr
-            writes.hand_over(py_stderr)  # logging handlers made inside still hold it: they write on, unfiltered
+            writes.hand_over(py_stderr)  # logging handlers made inside still hold it: they write on through it
         os.dup2(real, 2)  # our write end of the pipe is gone: EOF once the children's copies close too
         copier.join(timeout=2)  # a child still holding the pipe keeps the daemon copier, not us
         os.close(real)

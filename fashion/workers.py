@@ -121,12 +121,17 @@ def make_fetcher(cfg: IngestConfig) -> Fetcher:
     )
 
 
+def in_order(cfg: IngestConfig, fetcher: Fetcher, pool: ProcessPoolExecutor | None, items: Iterable[Item]):
+    """`make_worker`'s results for `items` on `cfg.workers` threads, in list order, 4 per thread in flight."""
+    return ordered_map(make_worker(cfg, fetcher, pool), items, workers=cfg.workers, window=cfg.workers * 4)
+
+
 @contextlib.contextmanager
 def processed(cfg: IngestConfig, items: Iterable[Item], n_items: int) -> Iterator[Iterator[Result]]:
     """`make_worker`'s results for `items`, in order; the fetcher and both pools are closed on leaving."""
     fetcher = make_fetcher(cfg)
     pool = decoder_pool(n_items)
-    results = ordered_map(make_worker(cfg, fetcher, pool), items, workers=cfg.workers, window=cfg.workers * 4)
+    results = in_order(cfg, fetcher, pool, items)
     try:
         yield results
     finally:
