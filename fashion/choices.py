@@ -29,4 +29,4 @@ MIXED_PRECISION = ("auto", "on", "off")
 RESIZE_MODES = ("crop", "stretch", "keep")
 
 # evaluate.py --export
-EXPORT_FORMATS = ("savedmodel", "tflite")
+EXPORT_FORMATS = ("savedmodel", "tflite", "trunk")

@@ -17,6 +17,7 @@ import textwrap
 from collections.abc import Callable
 from pathlib import Path
 
+from . import quiet
 from .config import DetectConfig, EvaluateConfig, IngestConfig, TrainConfig
 from .errors import EXIT_FATAL, EXIT_INTERRUPTED, EXIT_OK, FashionError
 from .options import build_parser, configure
@@ -32,6 +33,10 @@ def _fatal(errors: tuple[type[Exception], ...], job: Callable[[], int]) -> int:
 
 
 def _argv(argv: list[str] | None) -> list[str]:
+    """The arguments; in the command's own process (argv None: the script or console entry point) also
+    TensorFlow's start-up noise filtered off stderr from here on (quiet.install)."""
+    if argv is None:
+        quiet.install()
     return list(sys.argv[1:] if argv is None else argv)
 
 
@@ -67,6 +72,8 @@ def ingest_parser() -> argparse.ArgumentParser:
         "  python generate_dataset.py images/ --label-regex '([^/]+)_\\d+\\.jpg$' --out data/pets\n"
         "  python generate_dataset.py --from-lists paddle/ --out data/flowers            # label_list.txt + *_list.txt\n"
         "  python generate_dataset.py --from-urls urls/ --max-per-class 200 --out data/bears  # CLASS.txt of URLs\n"
+        "  # the original project's TFRecords (image + label_0..12): one file split as usual, or train + val:\n"
+        "  python generate_dataset.py --from-tfrecords train.tfrecords test.tfrecords --out data/records\n"
         "  # rebuild honouring the review.csv written by evaluate.py (drop / relabel rows):\n"
         "  python generate_dataset.py --from-folders data/clothing-small --out data/cs2 --apply-review report/review.csv\n"
         "  python generate_dataset.py --verify data/cs",
@@ -107,6 +114,7 @@ def _leave(code: int) -> None:
     with contextlib.suppress(Exception):
         sys.stdout.flush()
         sys.stderr.flush()
+        quiet.drain()  # os._exit skips atexit: the filter's last lines first
     os._exit(code)
 
 

@@ -42,8 +42,9 @@ class IngestConfig(_Config):
     """Everything `generate_dataset.py` needs."""
 
     GROUPS = {
-        SOURCES: "Single-label datasets (task multiclass, one-hot labels), instead of LIST. Splits given by "
-        "the source are kept, else --val-fraction/--val-count apply; class names are sorted."
+        SOURCES: "Instead of LIST: single-label datasets (task multiclass, one-hot labels), or the original "
+        "project's TFRecords (multilabel). Splits given by the source are kept, else --val-fraction/--val-count "
+        "apply; class names are sorted."
     }
 
     list: str = opt(
@@ -146,6 +147,15 @@ class IngestConfig(_Config):
         group=SOURCES,
         metavar="DIR",
     )
+    from_tfrecords: list[str] | None = opt(
+        None,
+        "the original project's TFRecords (features image + label_0..label_N), task multilabel: one file is "
+        "split by --val-fraction/--val-count, two are train and val as given; ids FILESTEM-INDEX; images "
+        "are extracted under --cache (else OUT/.partial/) first",
+        group=SOURCES,
+        metavar="FILE",
+        nargs="+",
+    )
     max_per_class: int | None = opt(
         None, "with --from-urls: take at most N URLs of each class; none = no cap", group=SOURCES, metavar="N"
     )
@@ -160,6 +170,8 @@ class IngestConfig(_Config):
     def __post_init__(self) -> None:
         if self.cache == "":  # --cache '' disables the cache
             self.cache = None
+        if isinstance(self.from_tfrecords, str):  # `from-tfrecords: FILE` in a YAML config
+            self.from_tfrecords = [self.from_tfrecords]
 
     def validate(self) -> None:
         """Refuse impossible options before anything is read or written (IngestError)."""
@@ -187,7 +199,7 @@ class IngestConfig(_Config):
             raise IngestError("--max-per-class takes N >= 1 and works with --from-urls")
 
     def _validate_source(self) -> None:
-        """One label source: LIST, or one of --from-folders/--from-lists/--from-urls/--label-regex."""
+        """One label source: LIST, or one of --from-folders/--from-lists/--from-urls/--label-regex/--from-tfrecords."""
         chosen = [
             f
             for f, v in (
@@ -195,9 +207,15 @@ class IngestConfig(_Config):
                 ("--from-lists", self.from_lists),
                 ("--from-urls", self.from_urls),
                 ("--label-regex", self.label_regex),
+                ("--from-tfrecords", self.from_tfrecords),
             )
             if v
         ]
+        if self.from_tfrecords is not None and not 1 <= len(self.from_tfrecords) <= 2:
+            raise IngestError(
+                f"--from-tfrecords takes one file (split by --val-fraction) or two (train, val), "
+                f"got {len(self.from_tfrecords)}"
+            )
         if len(chosen) > 1:
             raise IngestError(f"choose one label source, got {' and '.join(chosen)}")
         if chosen and chosen[0] != "--label-regex" and self.list != DEFAULT_LIST:
@@ -261,7 +279,8 @@ class TrainConfig(_Config):
     weights: str = opt(
         "imagenet",
         "imagenet (Keras' notop file from model_save/ or Keras' cache), none, a .h5 "
-        "file, or an earlier bundle folder (reuse its trunk)",
+        "file (Keras' notop file, or a trunk from evaluate.py --export trunk such as the shipped "
+        "data/pretrained/densenet121-clothing.weights.h5), or an earlier bundle folder (reuse its trunk)",
         group=MODEL,
         metavar="W",
     )
@@ -424,14 +443,15 @@ class DetectConfig(_BundleConfig):
     )
     json: str | None = opt(
         None,
-        "write {input: {probabilities: {label: p}, labels: [...]}}; single-label: "
+        "write {input: {probabilities: {label: p}, labels: [...], source: {label: model|constant}}} "
+        "(constant: a threshold-0 'always' label, not the model's decision); single-label: "
         "{input: {class, score, top_k: [{label, score}], probabilities}}",
         metavar="FILE",
         shown=False,
     )
     csv: str | None = opt(
         None,
-        "write one row per image: input, labels, then a column per class; single-label: "
+        "write one row per image: input, labels, a column per class, constant_labels; single-label: "
         "input, class, score, top_k, then a column per class",
         metavar="FILE",
         shown=False,
@@ -485,12 +505,12 @@ class EvaluateConfig(_BundleConfig):
     )
     export: list[str] | None = opt(
         None,
-        "write a serving SavedModel (BUNDLE/saved_model/) or BUNDLE/model.tflite "
-        "and exit (repeatable); detect.py --model BUNDLE/model.tflite runs the TFLite "
-        "one",
+        "write a serving SavedModel (BUNDLE/saved_model/), BUNDLE/model.tflite, or the trunk "
+        "alone in float16 (BUNDLE/trunk-BACKBONE.weights.h5, a start for train.py --weights) "
+        "and exit (repeatable); detect.py --model BUNDLE/model.tflite runs the TFLite one",
         action="append",
         choices=C.EXPORT_FORMATS,
-        expected="savedmodel or tflite",
+        expected="savedmodel, tflite or trunk",
         shown=False,
     )
 

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from . import class_sources, diskfull, fileio, outlock, records, reports, review, workers
+from . import class_sources, diskfull, fileio, outlock, records, reports, review, tfrecord_source, workers
 from .config import IngestConfig
 from .errors import EXIT_DISK_FULL, EXIT_FAILURES, EXIT_FATAL, EXIT_INTERRUPTED, EXIT_OK, IngestError
 from .manifest import add_part, new_manifest, timestamp
@@ -68,7 +68,7 @@ class Ingest:
     @property
     def source_name(self) -> str:
         c = self.cfg
-        return c.from_folders or c.from_lists or c.from_urls or c.list
+        return c.from_folders or c.from_lists or c.from_urls or " ".join(c.from_tfrecords or []) or c.list
 
     def run(self) -> int:
         """The job, holding the output folder's lock; a full disk ends it with one line and EXIT_DISK_FULL."""
@@ -137,7 +137,18 @@ class Ingest:
             p.unlink()
         for name in (records.MANIFEST, records.FAILURES, records.INDEX):
             (self.out / name).unlink(missing_ok=True)
-        shutil.rmtree(self.partial, ignore_errors=True)
+        self._clear_partial()
+
+    def _clear_partial(self) -> None:
+        """The run's bookkeeping in OUT/.partial/ goes; images --from-tfrecords extracted there (no --cache)
+        stay: they were read before the folder is cleared, and the new run's items point at them."""
+        for p in self.partial.iterdir() if self.partial.is_dir() else []:
+            if p.name == tfrecord_source.EXTRACTED:
+                continue
+            if p.is_dir():
+                shutil.rmtree(p)
+            else:
+                p.unlink()
 
     def _already_holds(self, existing: dict[str, Any] | None, fp: str) -> int | None:
         """A rerun of a finished command: its summary again and the exit code it ended with; else None."""
@@ -201,6 +212,9 @@ class Ingest:
             return class_sources.read_paddle_lists(cfg.from_lists, labels)
         if cfg.from_urls:
             return class_sources.read_url_lists(cfg.from_urls, cfg.max_per_class, labels)
+        if cfg.from_tfrecords:
+            root = tfrecord_source.extract_root(cfg.cache, self.partial)
+            return tfrecord_source.read_tfrecords(cfg.from_tfrecords, root, labels)
         if cfg.label_regex:
             return class_sources.read_regex(cfg.list, cfg.label_regex, labels)
         stream, base = open_list(self.cfg.list)
@@ -274,7 +288,7 @@ class Ingest:
                     f"{self.out} holds an unfinished run of another command:\n  {old.get('command')}\n"
                     f"rerun that command to finish it, or add --overwrite to start again"
                 )
-            shutil.rmtree(self.partial)
+            self._clear_partial()
         elif (self.out / records.MANIFEST).is_file() and not self.cfg.append:
             raise IngestError(
                 f"{self.out} already holds a dataset made by another command; "

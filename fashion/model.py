@@ -64,6 +64,24 @@ _CONSTRUCTORS = {
 }
 
 
+# The trunk this project trains itself on the CC0 clothing photos and ships (data/pretrained/README.md):
+# what an offline user starts from when ImageNet's file cannot be had.
+SHIPPED_TRUNKS = {
+    "densenet121": Path(__file__).resolve().parents[1] / "data" / "pretrained" / "densenet121-clothing.weights.h5"
+}
+
+
+def shipped_trunk(backbone: str) -> str | None:
+    """The shipped trunk's path for this backbone (relative to the working folder when under it), if present."""
+    path = SHIPPED_TRUNKS.get(backbone)
+    if path is None or not path.is_file():
+        return None
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
 class WeightsError(FashionError):
     """Pretrained weights that cannot be found or do not fit."""
 
@@ -114,10 +132,17 @@ def imagenet_weights_file(
         return keras.utils.get_file(fname, url + fname, cache_subdir="models", file_hash=md5)
     except Exception as e:  # Keras raises a plain Exception for URL failures
         check = f", md5 {md5}" if md5 else ""
+        ours = shipped_trunk(backbone)
+        offline = (
+            f"start from the trunk this project ships, trained on CC0 clothing photos (offline, no download):\n"
+            f"  --weights {ours}\nor train from scratch with --weights none."
+            if ours
+            else "train from scratch with --weights none."
+        )
         raise WeightsError(
             f"ImageNet weights for {backbone} are not on this machine and cannot be downloaded "
             f"({type(e).__name__}).\nPlace Keras' file\n  {fname}\n(from {url}{fname}{check})\n"
-            f"in {model_save.resolve()}/ and run again, or train from scratch with --weights none."
+            f"in {model_save.resolve()}/ and run again, or {offline}"
         ) from None
 
 
@@ -220,6 +245,33 @@ def cap_bn_momentum(model: keras.Model, momentum: float = 0.99) -> int:
             layer.momentum = momentum
             changed += 1
     return changed
+
+
+def export_trunk(model: keras.Model, path: Path) -> Path:
+    """The trunk's weights alone as float16 (half the size; a start for --weights PATH, which casts back)."""
+    import h5py
+    import numpy as np
+
+    from .fileio import atomic_path
+
+    fp32 = path.with_name(f".fp32-{os.getpid()}.weights.h5")  # save_weights insists on this ending
+    try:
+        trunk_of(model).save_weights(fp32)  # Keras' own layout: keras.applications loads it by path
+        with h5py.File(fp32, "r") as src, atomic_path(path) as tmp, h5py.File(tmp, "w") as dst:
+
+            def copy(name, obj):
+                if isinstance(obj, h5py.Dataset):
+                    a = obj[()]
+                    dst.create_dataset(name, data=a.astype(np.float16) if a.dtype == np.float32 else a)
+                else:
+                    dst.require_group(name)
+                dst[name].attrs.update(obj.attrs)
+
+            dst.attrs.update(src.attrs)
+            src.visititems(copy)
+    finally:
+        fp32.unlink(missing_ok=True)
+    return path
 
 
 def trunk_of(model: keras.Model) -> keras.Model:

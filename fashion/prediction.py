@@ -272,14 +272,18 @@ def load_tflite_bundle(path: Path) -> Bundle:
 
 
 def export_bundle(bundle: Bundle, fmt: str) -> Path:
-    """`savedmodel` -> BUNDLE/saved_model/ (serving signature); `tflite` -> BUNDLE/model.tflite."""
+    """`savedmodel` -> BUNDLE/saved_model/ (serving signature); `tflite` -> BUNDLE/model.tflite;
+    `trunk` -> BUNDLE/trunk-BACKBONE.weights.h5 (the trunk alone, float16: a start for --weights)."""
     import shutil
     import tempfile
 
     from .fileio import atomic_write_bytes
+    from .model import export_trunk
 
-    if fmt not in ("savedmodel", "tflite"):
-        raise ValueError(f"--export must be savedmodel or tflite, got {fmt!r}")
+    if fmt not in ("savedmodel", "tflite", "trunk"):
+        raise ValueError(f"--export must be savedmodel, tflite or trunk, got {fmt!r}")
+    if fmt == "trunk":
+        return export_trunk(bundle.model, bundle.path / f"trunk-{bundle.backbone or 'model'}.weights.h5")
     with tempfile.TemporaryDirectory(dir=bundle.path, prefix=".export-") as tmp:
         saved = Path(tmp) / "saved_model"
         bundle.model.export(str(saved), format="tf_saved_model", verbose=False)

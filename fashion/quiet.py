@@ -3,25 +3,37 @@
 TensorFlow's C++ start-up lines (oneDNN, CUDA drivers on a machine without a GPU) and Beam's worker
 chatter are written to file descriptor 2 by C code and by child processes, where neither Python's
 logging nor `TF_CPP_MIN_LOG_LEVEL` (no longer honoured by TensorFlow 2.21's absl logging for these)
-reach. `filtered_stderr()` points fd 2 at a pipe, drops the lines matching `NOISE` and copies every
-other line to the real stderr; Python's own writes (`sys.stderr`: progress bars, our messages) go
-straight to the real stderr, unbuffered by the filter.
+reach. Both tools point fd 2 at a pipe, drop the lines matching `NOISE` and copy every other line to
+the real stderr; Python's own writes (`sys.stderr`: progress bars, our messages) go straight to the
+real stderr, unbuffered by the filter.
+
+* `install()`: for the whole life of a command's process (the four scripts call it first). The
+  filter is a forked *process*, so what a crash writes last (a TensorFlow `F` line before an abort)
+  is still copied out after the crash: a filter thread would die with the process.
+* `filtered_stderr()`: a block of code, by a thread; `mute()` silences it (Beam after a Ctrl-C).
+
+`FASHION_VERBOSE=1` in the environment turns the filtering off (everything TensorFlow says).
 """
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import re
+import signal
 import sys
 import threading
+import time
 from collections.abc import Iterator
+from pathlib import Path
 
+# CUDA's "no driver" lines are noise only where there is no NVIDIA device: on a GPU machine a failed
+# cuInit is a real fault (training would silently fall back to the CPU), so it stays visible there.
+_CUDA_NOISE = rb"|[WE]0000 \S+ +\d+ cuda_\w+\.cc" if not Path("/dev/nvidiactl").exists() else b""
 NOISE = re.compile(
     rb"^(WARNING: All log messages before absl::InitializeLog\(\) is called"
-    rb"|I0000 \S+ +\d+ (port|cudart_stub|cpu_feature_guard)\.cc"
-    rb"|[WE]0000 \S+ +\d+ cuda_\w+\.cc"
-    rb"|WARNING:root:apitools not found"
+    rb"|I0000 \S+ +\d+ (port|cudart_stub|cpu_feature_guard)\.cc" + _CUDA_NOISE + rb"|WARNING:root:apitools not found"
     rb"|INFO:"
     rb"|WARNING:__main__:No semi_persistent_directory"
     rb"|WARNING:apache_beam\.options\.pipeline_options:Discarding unparseable args"
@@ -31,6 +43,53 @@ NOISE = re.compile(
 
 
 _muted = threading.Event()
+_installed: dict[str, int] = {}  # the filter process's pid and the real stderr, once install() ran
+VERBOSE_ENV = "FASHION_VERBOSE"
+DRAIN_DEADLINE_S = 3.0  # at exit, how long the filter may take to copy what is left in the pipe
+
+
+def install(noise: re.Pattern[bytes] = NOISE) -> None:
+    """For the rest of this process and its children: fd 2 through a filter process that drops `noise`.
+
+    Call it first in a command's own process (not in a test's, whose capture owns fd 2).
+    """
+    if _installed or os.environ.get(VERBOSE_ENV, "") not in ("", "0") or not hasattr(os, "fork"):
+        return
+    if not _is_fd2(sys.stderr):
+        return
+    sys.stderr.flush()
+    real = os.dup(2)
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the filter: copies until every writer is gone, whatever happens to the command
+        try:
+            os.close(write_end)
+            signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C ends the command; its last lines still pass
+            _copy(read_end, real, noise)
+        finally:
+            os._exit(0)
+    os.close(read_end)
+    os.dup2(write_end, 2)
+    os.close(write_end)
+    sys.stderr = _Writes(os.fdopen(os.dup(real), "w", buffering=1, encoding=sys.stderr.encoding), noise)
+    _installed.update(pid=pid, real=real)
+    atexit.register(drain)
+
+
+def drain() -> None:
+    """Before this process ends: give fd 2 back and let the filter copy the rest (bounded wait)."""
+    if not _installed:
+        return
+    with contextlib.suppress(Exception):
+        sys.stderr.flush()
+    os.dup2(_installed["real"], 2)  # our write end closes: the filter sees EOF once the children's close too
+    pid = _installed.pop("pid")
+    deadline = time.monotonic() + DRAIN_DEADLINE_S
+    while time.monotonic() < deadline:
+        with contextlib.suppress(ChildProcessError):
+            if os.waitpid(pid, os.WNOHANG)[0]:
+                return
+        time.sleep(0.01)
 
 
 def mute() -> None:

@@ -248,7 +248,8 @@ class Trainer:
             model_lib.load_trunk_from_bundle(model, bundle)
             print(f"trunk initialised from bundle {bundle}")
         elif notop:
-            print(f"trunk initialised from ImageNet weights {notop}")
+            what = "ImageNet weights" if cfg.weights == "imagenet" else "weights file"
+            print(f"trunk initialised from {what} {notop}")
         else:
             print("trunk initialised at random (--weights none)")
             if model_lib.cap_bn_momentum(model):

@@ -43,7 +43,19 @@ def test_table_json_csv_and_thresholds(bundle, tmp_path, capsys):
     text = capsys.readouterr().out
     for label in LABELS:
         assert label in text
-    assert text.count("*") == 3 * 3, "exactly the three always-pass labels are marked per image"
+    rows = text.splitlines()
+    # the three always-pass labels are constants, not the model's detections: marked = and listed apart
+    assert sum(ln.startswith("  = ") for ln in rows) == 3 * 3 and not any(ln.startswith("  * ") for ln in rows)
+    assert (
+        text.count(
+            f"always on (constant from validation data: the model cannot tell these classes apart): {', '.join(LABELS[:3])}"
+        )
+        == 3
+    )
+    assert text.count("(no model detection)") == 3
+    # all 13 thresholds are constants: one note before the first image, naming the bundle given
+    assert text.count("note: ") == 1 and text.index("note: 13 of 13 classes") < text.index(photos(1)[0])
+    assert f"evaluate.py --model {bundle}" in text
     res = json.loads(out_json.read_text())
     assert set(res) == set(photos(3))
     from fashion import imaging
@@ -61,15 +73,111 @@ def test_table_json_csv_and_thresholds(bundle, tmp_path, capsys):
         assert set(r["probabilities"]) == set(LABELS)
         for label, head in zip(LABELS, model_lib.head_names(LABELS)):
             assert r["probabilities"][label] == pytest.approx(float(np.asarray(ref[head])[i, 0]), abs=1e-5)
-        assert r["labels"] == LABELS[:3]
+        assert r["labels"] == LABELS[:3] and r["source"] == dict.fromkeys(LABELS[:3], "constant")
     rows = list(csv.reader(out_csv.open()))
-    assert rows[0] == ["input", "labels", *LABELS] and len(rows) == 4
+    assert rows[0] == ["input", "labels", *LABELS, "constant_labels"] and len(rows) == 4
+    assert rows[1][1] == rows[1][-1] == ";".join(LABELS[:3])
 
     # one threshold for all classes overrides the tuned ones
     assert (
         detect_main([photos(1)[0], "--model", str(bundle), "--threshold", "0", "--json", str(out_json), "--quiet"]) == 0
     )
-    assert json.loads(out_json.read_text())[photos(1)[0]]["labels"] == LABELS
+    r = json.loads(out_json.read_text())[photos(1)[0]]
+    assert r["labels"] == LABELS and r["source"] == dict.fromkeys(LABELS, "model")
+
+
+@pytest.fixture(scope="module")
+def probs(bundle, tmp_path_factory):
+    """The tiny model's probabilities on two photos, to place real cuts around them."""
+    out = tmp_path_factory.mktemp("probs") / "p.json"
+    assert detect_main([*photos(2), "--model", str(bundle), "--json", str(out), "--quiet"]) == 0
+    res = json.loads(out.read_text())
+    return [res[src]["probabilities"] for src in photos(2)]
+
+
+def retuned(bundle, folder, thresholds):
+    """A copy of the bundle with other thresholds in meta.json, as train.py's tuner may leave them."""
+    folder.mkdir()
+    shutil.copy(bundle / "model.keras", folder)
+    meta = json.loads((bundle / "meta.json").read_text())
+    atomic_write_json(folder / "meta.json", {**meta, "thresholds": thresholds})
+    return folder
+
+
+def cuts(p, passing, failing):
+    """Real cuts in (0, 1): below p for the labels in `passing`, above it for those in `failing`."""
+    th = {lb: p[lb] / 2 if lb in passing else (p[lb] + 1) / 2 for lb in (*passing, *failing)}
+    assert all(0 < t < 1 for t in th.values()), "the tiny model's probabilities leave room for real cuts"
+    return th
+
+
+def test_few_constants_model_detections_apart_from_always_on(bundle, probs, tmp_path, capsys):
+    p = probs[0]
+    # label 0 always, label 1 never, label 2 a real cut it passes, the rest real cuts they miss
+    th = {LABELS[0]: 0.0, LABELS[1]: 1.0, **cuts(p, LABELS[2:3], LABELS[3:])}
+    folder = retuned(bundle, tmp_path / "few", [th[lb] for lb in LABELS])
+    out_json, out_csv = tmp_path / "r.json", tmp_path / "r.csv"
+    src = photos(1)[0]
+    assert detect_main([src, "--model", str(folder), "--json", str(out_json), "--csv", str(out_csv)]) == 0
+    text = capsys.readouterr().out
+    assert "note: " not in text, "2 of 13 constants: the model decides most classes"
+    assert text.count("legend: * detected by the model") == 1
+    lines = text.splitlines()
+    head = lines.index(f"{src}: {LABELS[2]} {p[LABELS[2]]:.3f}")
+    assert lines[head + 1].endswith(f"apart): {LABELS[0]}") and lines[head + 1].startswith("  always on")
+    table = {ln[4:].split()[0]: ln for ln in lines[head + 2 :]}
+    assert set(table) == set(LABELS)
+    assert table[LABELS[0]].startswith("  = ") and "(threshold 0: always)" in table[LABELS[0]]
+    assert table[LABELS[2]].startswith("  * ") and f"(threshold {th[LABELS[2]]:.2f})" in table[LABELS[2]]
+    assert table[LABELS[1]].startswith("    ") and "(threshold 1: never)" in table[LABELS[1]]
+    assert all(table[lb].startswith("    ") for lb in LABELS[3:])
+    r = json.loads(out_json.read_text())[src]
+    assert r["labels"] == [LABELS[0], LABELS[2]]
+    assert r["source"] == {LABELS[0]: "constant", LABELS[2]: "model"}
+    rows = list(csv.reader(out_csv.open()))
+    assert rows[1][1] == f"{LABELS[0]};{LABELS[2]}" and rows[1][-1] == LABELS[0]
+
+
+def test_mostly_constants_note_once_and_sources_follow_thresholds(bundle, probs, tmp_path, capsys):
+    # 4 always + 4 never = 8 of 13 constants; one real cut passed on the first photo, four missed
+    th = {
+        **dict.fromkeys(LABELS[:4], 0.0),
+        **dict.fromkeys(LABELS[4:8], 1.0),
+        **cuts(probs[0], LABELS[8:9], LABELS[9:]),
+    }
+    folder = retuned(bundle, tmp_path / "most", [th[lb] for lb in LABELS])
+    out = tmp_path / "r.json"
+    assert detect_main([*photos(2), "--model", str(folder), "--json", str(out), "--batch-size", "1"]) == 0
+    text = capsys.readouterr().out
+    assert text.count("note: ") == 1 and text.index("note: ") < text.index(photos(1)[0])
+    assert "note: 8 of 13 classes have constant thresholds" in text and f"evaluate.py --model {folder} " in text
+    assert (
+        text.count(
+            f"  always on (constant from validation data: the model cannot tell these classes apart): {', '.join(LABELS[:4])}\n"
+        )
+        == 2
+    )
+    res = json.loads(out.read_text())
+    assert LABELS[8] in res[photos(1)[0]]["labels"]
+    for r in res.values():
+        assert set(r["source"]) == set(r["labels"]) and set(LABELS[:4]) <= set(r["labels"])
+        assert not set(LABELS[4:8]) & set(r["labels"]), "never labels are never listed"
+        for lb, source in r["source"].items():
+            assert source == ("constant" if th[lb] == 0 else "model")
+            assert source == "constant" or (0 < th[lb] < 1 and r["probabilities"][lb] >= th[lb])
+
+    # --quiet: no table, but the note still reaches the user (stderr)
+    assert detect_main([photos(1)[0], "--model", str(folder), "--json", str(out), "--quiet"]) == 0
+    got = capsys.readouterr()
+    assert got.out == "" and got.err.count("note: 8 of 13") == 1
+
+    # one cut for all from the command line: every label is the model's decision, no note, no always-on
+    assert detect_main([*photos(2), "--model", str(folder), "--threshold", "0.5", "--json", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "note: " not in text and "always on" not in text and "  = " not in text
+    for r in json.loads(out.read_text()).values():
+        assert r["labels"] == [lb for lb in LABELS if r["probabilities"][lb] >= 0.5]
+        assert r["source"] == dict.fromkeys(r["labels"], "model")
 
 
 def test_folder_with_a_corrupt_file_reports_it_and_does_the_rest(bundle, tmp_path, capsys):
