@@ -33,7 +33,10 @@ from pathlib import Path
 _CUDA_NOISE = rb"|[WE]0000 \S+ +\d+ cuda_\w+\.cc" if not Path("/dev/nvidiactl").exists() else b""
 NOISE = re.compile(
     rb"^(WARNING: All log messages before absl::InitializeLog\(\) is called"
-    rb"|I0000 \S+ +\d+ (port|cudart_stub|cpu_feature_guard)\.cc" + _CUDA_NOISE + rb"|WARNING:root:apitools not found"
+    # absl INFO lines from TensorFlow's C++ (start-up, "TFRecordDataset buffer_size is unspecified"...): never
+    # a problem; its W/E/F lines pass
+    rb"|I\d{4} \d\d:\d\d:\d\d\.\d+ +\d+ \w+\.cc:\d+\]"
+    rb"|I0000 \S+ +\d+ \w+\.cc:\d+\]" + _CUDA_NOISE + rb"|WARNING:root:apitools not found"
     rb"|INFO:"
     rb"|WARNING:__main__:No semi_persistent_directory"
     rb"|WARNING:apache_beam\.options\.pipeline_options:Discarding unparseable args"

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import io
+import os
+import subprocess
+import sys
 import threading
 import time
 from collections import Counter
@@ -17,6 +20,30 @@ ROOT = Path(__file__).resolve().parents[1]
 # train.py's options for the tests' tiny runs: random weights, 32 px, the heads only
 TINY_TRAIN = ["--weights", "none", "--image-size", "32", "--layers", "heads"]
 SAMPLE = ROOT / "data" / "sample"
+# What a plain `import tensorflow` prints on a machine without a GPU (tensorflow 2.21): kept off the console
+NOISE = (
+    "absl::InitializeLog",
+    "oneDNN custom operations",
+    "Could not find cuda drivers",
+    "cuInit",
+    "cpu_feature_guard",
+)
+
+
+def run(args: list[str], env: dict[str, str] | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
+    """A command as its own process (python ARGS), from the repository root."""
+    return subprocess.run(
+        [sys.executable, *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def noise_in(text: str) -> list[str]:
+    return [line for line in text.splitlines() if any(n in line for n in NOISE)]
 
 
 def sample_lines() -> list[list[str]]:
