@@ -74,7 +74,8 @@ def install(noise: re.Pattern[bytes] = NOISE) -> None:
     os.close(read_end)
     os.dup2(write_end, 2)
     os.close(write_end)
-    sys.stderr = _Writes(os.fdopen(os.dup(real), "w", buffering=1, encoding=sys.stderr.encoding), noise)
+    # mute() is a block's business: the command's own last line ("interrupted: ...") must still get out
+    sys.stderr = _Writes(os.fdopen(os.dup(real), "w", buffering=1, encoding=sys.stderr.encoding), noise, mutable=False)
     _installed.update(pid=pid, real=real)
     atexit.register(drain)
 
@@ -120,7 +121,7 @@ def filtered_stderr(noise: re.Pattern[bytes] = NOISE) -> Iterator[None]:
     try:
         yield
     finally:
-        if isinstance(sys.stderr, _Writes):
+        if isinstance(sys.stderr, _Writes) and sys.stderr is not py_stderr:  # ours, not install()'s
             writes, sys.stderr = sys.stderr, py_stderr
             writes.hand_over(py_stderr)  # logging handlers made inside still hold it: they write on through it
         os.dup2(real, 2)  # our write end of the pipe is gone: EOF once the children's copies close too
@@ -139,11 +140,11 @@ class _Writes:
     """sys.stderr inside: each write straight through (a progress bar's \r updates stay live) unless it is
     a noise line (a logging handler writes a record in one call)."""
 
-    def __init__(self, stream, noise: re.Pattern[bytes]):
-        self._stream, self._noise = stream, noise
+    def __init__(self, stream, noise: re.Pattern[bytes], mutable: bool = True):
+        self._stream, self._noise, self._mutable = stream, noise, mutable
 
     def write(self, text: str) -> int:
-        if _muted.is_set() or self._noise.match(text.encode("utf-8", "replace")):
+        if (self._mutable and _muted.is_set()) or self._noise.match(text.encode("utf-8", "replace")):
             return len(text)
         return self._stream.write(text)
 
@@ -154,6 +155,8 @@ class _Writes:
             own.close()
 
     def __getattr__(self, name: str):  # flush, fileno, isatty, encoding...
+        if name.startswith("__") or name == "_stream":  # copy/pickle probe before __init__: no recursion
+            raise AttributeError(name)
         return getattr(self._stream, name)
 
 
