@@ -273,7 +273,9 @@ def test_detect_top_k_on_a_multilabel_bundle(tmp_path, capsys):
     photo = str(SAMPLE / sample_lines()[0][1])
     js = tmp_path / "r.json"
     assert detect_main([photo, "--model", str(folder), "--top-k", "3", "--json", str(js)]) == 0
-    lines = capsys.readouterr().out.splitlines()[1:]
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("legend:") and out[1].startswith(photo)  # then the table of the top 3
+    lines = out[2:]
     assert len(lines) == 3
     shown = [float(ln.split()[-3]) for ln in lines]
     probs = json.loads(js.read_text())[photo]["probabilities"]
