@@ -111,6 +111,7 @@ def cuts(p, passing, failing):
     return th
 
 
+@pytest.mark.slow  # several detect runs over the bundle
 def test_few_constants_model_detections_apart_from_always_on(bundle, probs, tmp_path, capsys):
     p = probs[0]
     # label 0 always, label 1 never, label 2 a real cut it passes, the rest real cuts they miss
@@ -138,6 +139,7 @@ def test_few_constants_model_detections_apart_from_always_on(bundle, probs, tmp_
     assert rows[1][1] == f"{LABELS[0]};{LABELS[2]}" and rows[1][-1] == LABELS[0]
 
 
+@pytest.mark.slow  # several detect runs over the bundle
 def test_mostly_constants_note_once_and_sources_follow_thresholds(bundle, probs, tmp_path, capsys):
     # 4 always + 4 never = 8 of 13 constants; one real cut passed on the first photo, four missed
     th = {

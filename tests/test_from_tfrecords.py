@@ -11,6 +11,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import pytest
 
 from conftest import ROOT, SAMPLE, sample_lines
 from fashion import records
@@ -108,6 +109,7 @@ def test_one_file_split_verified_and_rerun_extracts_nothing(tmp_path, capsys):
     assert "(0 written now)" in capsys.readouterr().out  # a rerun reads the cache, extracts nothing
 
 
+@pytest.mark.slow  # several conversions
 def test_two_files_keep_their_splits_and_overwrite_keeps_extracted_images(tmp_path, capsys):
     write_legacy(tmp_path / "train.tfrecords", examples(sample_records(0, 16)))
     write_legacy(tmp_path / "test.tfrecords", examples(sample_records(16, 6)))
@@ -134,6 +136,7 @@ def test_two_files_keep_their_splits_and_overwrite_keeps_extracted_images(tmp_pa
     assert "records carry 13 labels" in err and len(err.strip().splitlines()) == 1
 
 
+@pytest.mark.slow  # several conversions
 def test_damaged_tail_and_record_without_image_are_failures(tmp_path, capsys):
     exs = examples(sample_records(0, 12))
     exs[2] = legacy_example(None, [0] * N_LABELS)  # no `image` feature

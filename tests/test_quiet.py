@@ -22,6 +22,7 @@ tf.io.read_file("/nonexistent/fashion-quiet-test.jpg")
 """
 
 
+@pytest.mark.slow  # a TensorFlow process
 def test_filter_drops_noise_and_keeps_a_genuine_tensorflow_error():
     p = run(["-c", SCRIPT])
     assert p.returncode == 1
