@@ -82,6 +82,9 @@ def shipped_trunk(backbone: str) -> str | None:
         return str(path)
 
 
+HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+
+
 class WeightsError(FashionError):
     """Pretrained weights that cannot be found or do not fit."""
 
@@ -147,13 +150,30 @@ def imagenet_weights_file(
 
 
 def build_trunk(backbone: str, image_size: int, weights: str | None, alpha: float = 1.0) -> keras.Model:
-    """A keras.applications trunk without its top; `weights` is None or a path to Keras' notop file."""
+    """A keras.applications trunk without its top; `weights` is None or a path to a notop weights file.
+
+    Raises:
+      WeightsError naming the file when it cannot be read or does not fit this trunk.
+    """
     if backbone not in _CONSTRUCTORS:
         raise ValueError(f"--backbone must be one of {BACKBONES}, got {backbone!r}")
     if image_size < MIN_SIZE.get(backbone, 32):
         raise ValueError(
             f"--backbone {backbone} needs --image-size of at least {MIN_SIZE.get(backbone, 32)}, got {image_size}"
         )
+    try:
+        return _build_trunk(backbone, image_size, weights, alpha)
+    except (OSError, ValueError, KeyError) as e:
+        if not weights:
+            raise
+        why = " ".join(str(e).split())[:200]
+        raise WeightsError(
+            f"--weights {weights}: cannot be loaded into a {backbone} trunk ({type(e).__name__}: {why}); "
+            f"a damaged or partial file (a Git LFS pointer?), or another backbone's weights"
+        ) from None
+
+
+def _build_trunk(backbone: str, image_size: int, weights: str | None, alpha: float) -> keras.Model:
     ctor = getattr(keras.applications, _CONSTRUCTORS[backbone])
     shape = (image_size, image_size, 3)
     if backbone == "mobilenetv2":
@@ -307,6 +327,9 @@ def resolve_weights(
     if p.is_dir() and (p / "meta.json").is_file() or p.suffix == ".keras":
         return None, str(p)
     if p.suffix == ".h5" and p.is_file():
+        with open(p, "rb") as f:
+            if f.read(8) != HDF5_SIGNATURE:  # before anything is written: a Git LFS pointer, a cut download
+                raise WeightsError(f"--weights {spec}: not an HDF5 file (damaged, partial, or a Git LFS pointer)")
         return str(p), None
     raise WeightsError(f"--weights {spec}: not 'imagenet', 'none', a Keras notop .h5 file or a bundle folder")
 

@@ -11,6 +11,7 @@ import pytest
 
 from conftest import ROOT, SAMPLE, noise_in, run
 from fashion import model as model_lib
+from fashion.cli import train_main
 
 SHIPPED = ROOT / "data" / "pretrained" / "densenet121-clothing.weights.h5"
 
@@ -68,3 +69,19 @@ def test_shipped_trunk_is_named_where_imagenet_is_missing(tmp_path, monkeypatch)
     with pytest.raises(model_lib.WeightsError) as e:  # no shipped trunk for this one: only --weights none
         model_lib.imagenet_weights_file("resnet50", tmp_path / "model_save")
     assert "clothing" not in str(e.value) and "--weights none" in str(e.value)
+
+
+def test_a_weights_file_that_is_not_hdf5_stops_before_anything_is_written(dataset, tmp_path, capsys):
+    bad = tmp_path / "trunk.weights.h5"
+    bad.write_text("version https://git-lfs.github.com/spec/v1\noid sha256:0\nsize 15179680\n")  # an LFS pointer
+    where = ["--model-save", str(tmp_path / "model_save"), "--log", str(tmp_path / "log")]
+    assert train_main(["--data", str(dataset), "--weights", str(bad), "--image-size", "32", *where]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"error: --weights {bad}: not an HDF5 file (damaged, partial, or a Git LFS pointer)"]
+    assert not (tmp_path / "log").exists() and not (tmp_path / "model_save").exists()
+
+
+@pytest.mark.slow
+def test_another_backbones_weights_are_one_clear_error():
+    with pytest.raises(model_lib.WeightsError, match="cannot be loaded into a resnet50 trunk"):
+        model_lib.build_trunk("resnet50", 32, str(SHIPPED))
