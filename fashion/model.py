@@ -82,9 +82,6 @@ def shipped_trunk(backbone: str) -> str | None:
         return str(path)
 
 
-HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
-
-
 class WeightsError(FashionError):
     """Pretrained weights that cannot be found or do not fit."""
 
@@ -327,9 +324,10 @@ def resolve_weights(
     if p.is_dir() and (p / "meta.json").is_file() or p.suffix == ".keras":
         return None, str(p)
     if p.suffix == ".h5" and p.is_file():
-        with open(p, "rb") as f:
-            if f.read(8) != HDF5_SIGNATURE:  # before anything is written: a Git LFS pointer, a cut download
-                raise WeightsError(f"--weights {spec}: not an HDF5 file (damaged, partial, or a Git LFS pointer)")
+        import h5py
+
+        if not h5py.is_hdf5(p):  # before anything is written: a Git LFS pointer, a cut download
+            raise WeightsError(f"--weights {spec}: not an HDF5 file (damaged, partial, or a Git LFS pointer)")
         return str(p), None
     raise WeightsError(f"--weights {spec}: not 'imagenet', 'none', a Keras notop .h5 file or a bundle folder")
 

@@ -35,8 +35,7 @@ NOISE = re.compile(
     rb"^(WARNING: All log messages before absl::InitializeLog\(\) is called"
     # absl INFO lines from TensorFlow's C++ (start-up, "TFRecordDataset buffer_size is unspecified"...): never
     # a problem; its W/E/F lines pass
-    rb"|I\d{4} \d\d:\d\d:\d\d\.\d+ +\d+ \w+\.cc:\d+\]"
-    rb"|I0000 \S+ +\d+ \w+\.cc:\d+\]" + _CUDA_NOISE + rb"|WARNING:root:apitools not found"
+    rb"|I(\d{4} \d\d:\d\d:\d\d\.\d+|0000 \S+) +\d+ \w+\.cc:\d+\]" + _CUDA_NOISE + rb"|WARNING:root:apitools not found"
     rb"|INFO:"
     rb"|WARNING:__main__:No semi_persistent_directory"
     rb"|WARNING:apache_beam\.options\.pipeline_options:Discarding unparseable args"

@@ -198,13 +198,18 @@ def parse_example(serialized: bytes, n_labels: int | None = None) -> dict[str, A
 
 
 def legacy_image(data: bytes) -> bytes | np.ndarray:
-    """The original generator stored either encoded bytes or a raw square RGB array."""
+    """The original generator stored either encoded bytes or a raw square RGB array. A raw array may
+    start like an image format (b'BM' is two pixel values): bytes that fit a raw square and do not
+    decode are pixels."""
+    import cv2
+
     from .imaging import sniff
 
-    if sniff(data):
-        return data
     side = int(round((len(data) / 3) ** 0.5))
-    if side * side * 3 != len(data):
+    square = side * side * 3 == len(data)
+    if sniff(data) and not (square and cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR) is None):
+        return data
+    if not square:
         raise ValueError(f"legacy record image is neither encoded nor a raw square RGB array ({len(data)} bytes)")
     return np.frombuffer(data, np.uint8).reshape(side, side, 3)
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 from collections import Counter
 from pathlib import Path
-from typing import Any
 
 import cv2
 import numpy as np
@@ -90,7 +89,7 @@ def _extract(src: Path, root: Path, failures: list[Failure]) -> tuple[list[tuple
             except (ValueError, DecodeError) as e:  # no `image` feature, an odd raw size, not an Example
                 failures.append(Failure(_id(src, n), str(src), f"malformed record: {src}: record index {n}: {e}"))
             else:
-                path, new = _write_image(folder / _id(src, n), _pixels(rec["image"]))
+                path, new = _write_image(folder / _id(src, n), rec["image"])
                 got.append((n, path, rec["labels"]))
                 written += new
             n += 1
@@ -108,18 +107,6 @@ def _extract(src: Path, root: Path, failures: list[Failure]) -> tuple[list[tuple
     if n == 0:
         raise ListError(f"{src}: holds no records")
     return got, written, folder
-
-
-def _pixels(image: Any) -> Any:
-    """parse_example takes bytes starting with an image format's magic for an encoded image, but a raw
-    array may start the same way (b'BM' is two pixel values): such bytes that fit a raw square and do
-    not decode are pixels."""
-    if isinstance(image, np.ndarray):
-        return image
-    side = int(round((len(image) / 3) ** 0.5))
-    if side * side * 3 == len(image) and cv2.imdecode(np.frombuffer(image, np.uint8), cv2.IMREAD_COLOR) is None:
-        return np.frombuffer(image, np.uint8).reshape(side, side, 3)
-    return image
 
 
 def _write_image(base: Path, image: bytes | np.ndarray) -> tuple[Path, bool]:
