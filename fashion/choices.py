@@ -24,6 +24,7 @@ CLASS_WEIGHTS = ("none", "inverse", "sqrt")
 
 # hardware
 MIXED_PRECISION = ("auto", "on", "off")
+BACKENDS = ("auto", "tensorflow", "jax")
 
 # images (generate_dataset.py --resize)
 RESIZE_MODES = ("crop", "stretch", "keep")

@@ -17,7 +17,7 @@ import textwrap
 from collections.abc import Callable
 from pathlib import Path
 
-from . import quiet
+from . import cluster, quiet
 from .config import DetectConfig, EvaluateConfig, IngestConfig, TrainConfig
 from .errors import EXIT_FATAL, EXIT_INTERRUPTED, EXIT_OK, FashionError
 from .options import build_parser, configure
@@ -161,7 +161,8 @@ def train_main(argv: list[str] | None = None) -> int:
 
     def job() -> int:
         cfg = configure(TrainConfig, args)
-        from . import training  # TensorFlow and Keras load only after --help (and valid options)
+        cfg.backend = cluster.choose_backend(cfg.backend, cluster.resolve(cfg.workers, cfg.worker_index))
+        from . import training  # TensorFlow and Keras load only after --help (and valid options), on that backend
 
         return training.Trainer(cfg, " ".join(["python", "train.py", *argv])).run()
 

@@ -229,7 +229,7 @@ class IngestConfig(_Config):
             )
 
 
-RUN, MODEL, TRAINS, OPTIM, IMBALANCE, AUG, HW = (
+RUN, MODEL, TRAINS, OPTIM, IMBALANCE, AUG, HW, MACHINES = (
     "data and run",
     "model",
     "what trains",
@@ -237,6 +237,7 @@ RUN, MODEL, TRAINS, OPTIM, IMBALANCE, AUG, HW = (
     "imbalance",
     "augmentation",
     "hardware",
+    "several machines",
 )
 
 
@@ -382,6 +383,28 @@ class TrainConfig(_Config):
         "summed across replicas) on any machine; no speed-up",
         group=HW,
         metavar="N",
+    )
+
+    backend: str = opt(
+        "auto",
+        "Keras backend: auto = $KERAS_BACKEND if set, else tensorflow; jax when training on several "
+        "machines (needs the jax extra: pip install -e '.[jax]')",
+        group=HW,
+        choices=C.BACKENDS,
+    )
+    workers: str | None = opt(
+        None,
+        "train on several machines: every process's HOST:PORT, the first is the coordinator; start the "
+        "same command on each machine with its --worker-index (JAX backend, keras.distribution). "
+        "Without it, KERAS_DISTRIBUTION_JOB_ADDRESSES/_PROCESS_ID or a TF_CONFIG of several tasks are used",
+        group=MACHINES,
+        metavar="H:P,H:P",
+    )
+    worker_index: int | None = opt(
+        None,
+        "this process's place in --workers (0 = the coordinator, the one that writes)",
+        group=MACHINES,
+        metavar="I",
     )
 
     def validate(self) -> None:

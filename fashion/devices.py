@@ -1,47 +1,40 @@
 """Where training runs: all GPUs, one CPU, or `--cpu-devices N` logical CPUs (a multi-GPU rehearsal),
-through MirroredStrategy when there are several; mixed precision on GPU. What Keras 3 cannot do on
-several devices or machines is refused here, before anything is written."""
+through MirroredStrategy when there are several (TensorFlow backend) or keras.distribution's
+DataParallel (JAX backend, also across processes: fashion.cluster); mixed precision on GPU. What Keras 3
+cannot do on several devices is refused here, before anything is written."""
 
 from __future__ import annotations
 
 import contextlib
-import json
-import os
+from dataclasses import dataclass
 
 import keras
 
+from . import cluster as cluster_lib
 from .config import TrainConfig
 from .errors import TrainError
 
 
-def check_cluster() -> None:
-    """Refuse a multi-machine TF_CONFIG up front: Keras 3's TensorFlow trainer cannot fit under
-    MultiWorkerMirroredStrategy (tried with keras 3.15 / TF 2.21 on two local workers: `fit` fails
-    reducing the input batch, then reducing its logs; keras-team/keras#20585)."""
-    raw = os.environ.get("TF_CONFIG")
-    if not raw:
-        return
-    try:
-        cluster = json.loads(raw).get("cluster", {})
-    except (ValueError, AttributeError) as e:
-        raise TrainError(f"TF_CONFIG is not valid JSON: {e}") from None
-    tasks = sum(len(v) for k, v in cluster.items() if k in ("chief", "worker"))
-    if tasks > 1:
-        raise TrainError(
-            f"TF_CONFIG describes {tasks} machines, but training across machines does not work with Keras 3's "
-            f"TensorFlow trainer (model.fit under MultiWorkerMirroredStrategy fails: "
-            f"https://github.com/keras-team/keras/issues/20585). Train on one machine, which uses all its GPUs "
-            f"(MirroredStrategy), and unset TF_CONFIG."
-        )
+@dataclass
+class JaxPlacement:
+    """What the trainer asks of a tf.distribute strategy, on the JAX backend: the replicas this process
+    feeds (its batch is --batch-size x that) and a scope (keras.distribution places the variables)."""
+
+    num_replicas_in_sync: int
+
+    def scope(self):
+        return contextlib.nullcontext()
 
 
 def check_devices(cfg: TrainConfig) -> None:
     """Refuse, before anything is written, what cannot run on the devices setup_device will use
     (all GPUs, else --cpu-devices logical CPUs)."""
-    import tensorflow as tf
-
     if cfg.cpu_devices < 1:
         raise TrainError(f"--cpu-devices must be >= 1, got {cfg.cpu_devices}")
+    if keras.backend.backend() == "jax":
+        return  # XLA always; accumulation under a sharded jit is the same as on one device
+    import tensorflow as tf
+
     gpus = len(tf.config.list_physical_devices("GPU"))
     n = gpus or cfg.cpu_devices
     if cfg.xla and not gpus and n > 1:
@@ -58,8 +51,10 @@ def check_devices(cfg: TrainConfig) -> None:
         )
 
 
-def setup_device(cfg: TrainConfig):
+def setup_device(cfg: TrainConfig, cluster: cluster_lib.Cluster | None = None):
     """Strategy (mirrored on >1 GPU, or on --cpu-devices logical CPUs) and mixed precision on GPU."""
+    if keras.backend.backend() == "jax":
+        return _setup_jax(cfg, cluster)
     import tensorflow as tf
 
     gpus = tf.config.list_physical_devices("GPU")
@@ -83,3 +78,27 @@ def setup_device(cfg: TrainConfig):
         f"{'; XLA on' if cfg.xla else ''}"
     )
     return strategy
+
+
+def _setup_jax(cfg: TrainConfig, cluster: cluster_lib.Cluster | None) -> JaxPlacement:
+    """Every device of every process in one DataParallel mesh (batch split, gradients averaged by XLA)."""
+    import jax
+    import tensorflow as tf
+
+    tf.config.set_visible_devices([], "GPU")  # tf.data only feeds: the GPUs are JAX's
+    if cfg.cpu_devices > 1:
+        jax.config.update("jax_num_cpu_devices", cfg.cpu_devices)  # before JAX starts its backend
+    if cluster is not None:
+        cluster_lib.start(cluster)
+    devices, local = jax.devices(), jax.local_devices()
+    if len(devices) > 1:
+        keras.distribution.set_distribution(keras.distribution.DataParallel(devices=devices, auto_shard_dataset=False))
+    gpus = [d for d in local if d.platform == "gpu"]
+    mp = cfg.mixed_precision == "on" or (cfg.mixed_precision == "auto" and gpus)
+    keras.mixed_precision.set_global_policy("mixed_float16" if mp else "float32")
+    where = f"{len(gpus)} GPU(s)" if gpus else "CPU"
+    machines = f"; {cluster.name(cluster.index)} of {cluster.size}" if cluster else ""
+    print(
+        f"device: {where} (JAX backend){machines}; replicas: {len(devices)}; mixed precision: {'on' if mp else 'off'}"
+    )
+    return JaxPlacement(len(local))

@@ -10,6 +10,8 @@ EXIT_FATAL = 2  # nothing done: bad options, bad input, missing data or model
 # generate_dataset.py: the output disk filled up; finished shards are kept, the half-written one removed:
 # free the space the message names and rerun the same command to finish.
 EXIT_DISK_FULL = 3
+# train.py on several machines: another worker stopped; every worker reruns with --resume
+EXIT_WORKER_LOST = 4
 EXIT_INTERRUPTED = 130  # Ctrl-C; rerun (or --resume) to go on
 
 

@@ -62,8 +62,10 @@ def atomic_write_json(path: str | Path, obj: Any) -> None:
 
 
 def save_model_atomic(model: Any, path: str | Path) -> None:
-    """`model.save` under a temporary `.keras` name, then rename."""
-    with atomic_path(path) as tmp:
+    """`model.save` under a temporary `.keras` name, then rename (on one process of several: alone)."""
+    from .cluster import local_only
+
+    with atomic_path(path) as tmp, local_only():
         model.save(tmp)
 
 

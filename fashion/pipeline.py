@@ -136,14 +136,19 @@ def make_dataset(
     rotate: float = 0.0,
     count: int | None = None,
     column: int | None = None,
+    shard: tuple[int, int, int] | None = None,
 ) -> tf.data.Dataset:
     """Batches of (uint8 images, labels): labels as a dict {output name: (B, 1)} when names are given,
     as the (B, 1) column `column` when that is given (a binary task's positive class), else (B, K).
 
     `count` (records in the files, from the manifest) lets Keras know the epoch length up front.
+    `shard` = (processes, index, steps): this process's 1/N of the records (every N-th, in file order, so
+    the processes' parts are disjoint), as exactly `steps` full batches.
     """
     AUTOTUNE = tf.data.AUTOTUNE
-    if training:
+    if shard is not None:
+        ds = tf.data.TFRecordDataset(list(files)).shard(shard[0], shard[1])
+    elif training:
         files_ds = tf.data.Dataset.from_tensor_slices(list(files)).shuffle(
             len(files), seed=seed, reshuffle_each_iteration=True
         )
@@ -162,7 +167,9 @@ def make_dataset(
         )
     else:
         ds = ds.map(make_eval_image(image_size), num_parallel_calls=AUTOTUNE)
-    ds = ds.batch(batch_size, num_parallel_calls=AUTOTUNE, deterministic=not training)
+    ds = ds.batch(batch_size, drop_remainder=shard is not None, num_parallel_calls=AUTOTUNE, deterministic=not training)
+    if shard is not None:
+        ds, count = ds.take(shard[2]), shard[2] * batch_size
     if output_names is not None:
         names = list(output_names)
         ds = ds.map(lambda x, y: (x, {n: y[:, i : i + 1] for i, n in enumerate(names)}), num_parallel_calls=AUTOTUNE)

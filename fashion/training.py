@@ -16,7 +16,10 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
+import shutil
 import sys
+import tempfile
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -25,11 +28,11 @@ from typing import Any
 import keras
 import numpy as np
 
-from . import fileio, model as model_lib, pipeline, records
+from . import cluster as cluster_lib, fileio, model as model_lib, pipeline, records
 from .callbacks import Checkpoints, EpochEval, Progress, Tee
 from .config import TrainConfig
-from .devices import check_cluster, check_devices, setup_device
-from .errors import EXIT_INTERRUPTED, EXIT_OK, TrainError
+from .devices import check_devices, setup_device
+from .errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_WORKER_LOST, TrainError
 from .lr_finder import lr_find, suggest_lr
 from .optim import make_optimizer
 from .schedules import make_schedule
@@ -112,6 +115,14 @@ class Trainer:
             cfg.run = datetime.now().strftime("%Y%m%d-%H%M%S")
         self.save_dir = Path(cfg.model_save) / cfg.run
         self.log_dir = Path(cfg.log) / cfg.run
+        # several processes (fashion.cluster): all train, only worker 0 writes
+        self.cluster = cluster_lib.resolve(cfg.workers, cfg.worker_index)
+        self.writer = self.cluster is None or self.cluster.index == 0
+        # where this process's checkpoints go: worker 0's are the run's; each other worker keeps its own in
+        # a private temporary folder (for the end of the run: no shared disk needed but for --resume)
+        self.out_dir = (
+            self.save_dir if self.writer else Path(tempfile.mkdtemp(prefix=f"fashion-worker{cfg.worker_index}-"))
+        )
 
     def run(self) -> int:
         stdout = sys.stdout
@@ -128,10 +139,22 @@ class Trainer:
         try:
             return self._run_opened(st)
         except Exception as e:  # a damaged shard met while reading: one line naming it, no traceback
+            lost = cluster_lib.lost_worker(e)
+            if lost is not None:
+                self._stop_lost(lost)
             where = pipeline.read_failure(e, self.cfg.data)
             if where is None:
                 raise
             raise TrainError(f"training stopped: {where}; {self._kept()}") from None
+
+    def _stop_lost(self, lost: str) -> None:
+        """Another process died: say so in one line and leave now. os._exit, because JAX's shutdown would
+        wait (up to 5 min) at a barrier for the process that is gone."""
+        print(f"error: {lost}; {self._kept(every=True)}", file=sys.stderr, flush=True)
+        if not self.writer:
+            shutil.rmtree(self.out_dir, ignore_errors=True)
+        sys.stdout.flush()
+        os._exit(EXIT_WORKER_LOST)
 
     def _run_opened(self, st: TrainState) -> int:
         st.task.print_weights(self.cfg, st.train, st.weights)
@@ -162,7 +185,6 @@ class Trainer:
         if damaged:
             raise TrainError(damaged)
         stages = parse_stages(cfg)
-        check_cluster()
         check_devices(cfg)
         state = self.save_dir / Progress.FILE
         if cfg.resume and not state.is_file():
@@ -187,18 +209,28 @@ class Trainer:
         run stopped before one leaves nothing there."""
         import yaml
 
+        keras.utils.set_random_seed(self.cfg.seed)  # every process the same: same initial weights
+        if not self.writer:
+            return
         self.log_dir.mkdir(parents=True, exist_ok=True)
         sys.stdout = Tee(sys.stdout, self.log_dir / "console.log")
         fileio.atomic_write_text(self.log_dir / "config.yaml", yaml.safe_dump(self.cfg.to_dict(), sort_keys=False))
-        keras.utils.set_random_seed(self.cfg.seed)
 
     def _load_data(self, st: TrainState) -> None:
         """Devices, then the input pipelines (the batch spans every replica) and the validation labels."""
         cfg = self.cfg
-        st.strategy = setup_device(cfg)
-        batch = cfg.batch_size * st.strategy.num_replicas_in_sync
+        st.strategy = setup_device(cfg, self.cluster)
+        batch = cfg.batch_size * st.strategy.num_replicas_in_sync  # this process's batch
         small = sum(s["bytes"] for s in st.manifest["splits"]["train"]["shards"]) < (1 << 30)
         n, target = len(st.task.labels), st.task.dataset_args()
+        processes = self.cluster.size if self.cluster else 1
+        # one process: every record once per epoch (the last batch short). Several: each reads every record's
+        # bytes but decodes its own 1/N, and all take the same number of full batches (a collective needs
+        # every process's batch)
+        st.steps = (
+            math.ceil(st.train.count / batch) if processes == 1 else max(1, st.train.count // (batch * processes))
+        )
+        shard = (processes, self.cluster.index, st.steps) if self.cluster else None
         st.train_ds = pipeline.make_dataset(
             st.train.files,
             n,
@@ -210,8 +242,10 @@ class Trainer:
             jitter=cfg.jitter,
             rotate=cfg.rotate,
             count=st.train.count,
+            shard=shard,
             **target,
         )
+        # validation: every process reads all of it (Keras' val_loss over N copies is the same mean)
         st.val_ds = pipeline.make_dataset(
             st.val.files,
             n,
@@ -224,7 +258,6 @@ class Trainer:
         )
         st.y_val = pipeline.labels_of(st.val.files, n)
         st.task.check_labels(st.y_val, f"{cfg.data} (val)")
-        st.steps = math.ceil(st.train.count / batch)
 
     def _load_model(self, st: TrainState):
         """last.keras on --resume (weights and optimiser state), else a new model on the chosen weights."""
@@ -263,7 +296,7 @@ class Trainer:
         model.compile(
             optimizer=make_optimizer(cfg, lr),
             **st.task.compile_args(cfg, st.weights),
-            jit_compile=cfg.xla,
+            jit_compile=cfg.xla or keras.backend.backend() == "jax",  # JAX unjitted runs op by op
             run_eagerly=cfg.eager,
         )
         return n_tr
@@ -289,7 +322,7 @@ class Trainer:
         partial = st.start.step if resuming else 0
         if not (resuming and (epoch > done or partial)):  # a stage resumed mid-way keeps its optimiser
             self._start_stage(model, st, i, epoch, end)
-        checkpoints = Checkpoints(self.save_dir, i, st.task.monitor, st.best_score)
+        checkpoints = Checkpoints(self.out_dir, i, st.task.monitor, st.best_score)
         fit = dict(
             validation_data=st.val_ds,
             callbacks=self._callbacks(st, checkpoints),
@@ -304,7 +337,7 @@ class Trainer:
         if epoch < end:
             model.fit(st.train_ds, epochs=end, initial_epoch=epoch, **fit)
         st.best_score = checkpoints.best_score
-        Progress(i + 1, end, st.best_score).save(self.save_dir)
+        Progress(i + 1, end, st.best_score).save(self.out_dir)
 
     def _start_stage(self, model, st: TrainState, i: int, epoch: int, end: int) -> None:
         """Compile for stage `i` with a fresh optimiser and its schedule, and say so."""
@@ -319,12 +352,12 @@ class Trainer:
         )
 
     def _callbacks(self, st: TrainState, checkpoints: Checkpoints) -> list:
-        cbs = [
-            EpochEval(st.task, st.val_ds, st.y_val),
-            checkpoints,
-            keras.callbacks.CSVLogger(str(self.log_dir / "history.csv"), append=True),
-            keras.callbacks.TensorBoard(str(self.log_dir), write_graph=False, profile_batch=0),
-        ]
+        cbs = [EpochEval(st.task, st.val_ds, st.y_val), checkpoints]
+        if self.writer:
+            cbs += [
+                keras.callbacks.CSVLogger(str(self.log_dir / "history.csv"), append=True),
+                keras.callbacks.TensorBoard(str(self.log_dir), write_graph=False, profile_batch=0),
+            ]
         if self.cfg.schedule == "plateau":
             cbs.insert(
                 1,
@@ -336,6 +369,9 @@ class Trainer:
 
     def _save_interrupted(self, model, st: TrainState) -> None:
         """Ctrl-C: checkpoint weights + optimiser mid-epoch; state.json records the steps already taken."""
+        if not self.writer:
+            print("\ninterrupted; worker 0 keeps the checkpoint", file=sys.stderr)
+            return
         path = self.save_dir / Progress.FILE
         saved = Progress.load(self.save_dir) if path.is_file() else Progress(st.stage_index, st.stage_start)
         if saved.stage != st.stage_index:  # interrupted right at a stage boundary: nothing of the new stage to keep
@@ -352,13 +388,14 @@ class Trainer:
             file=sys.stderr,
         )
 
-    def _kept(self) -> str:
-        """After a data fault: what the run keeps and how to go on."""
+    def _kept(self, every: bool = False) -> str:
+        """After a fault: what the run keeps and how to go on (`every`: a lost worker, all of them rerun)."""
+        fix = "restart every worker" if every else "fix the data"
         if not (self.save_dir / "last.keras").is_file():
-            return f"no checkpoint yet, nothing written to {self.save_dir}; fix the data and rerun"
+            return f"no checkpoint yet, nothing written to {self.save_dir}; {fix} and rerun"
         epoch = Progress.load(self.save_dir).epoch if (self.save_dir / Progress.FILE).is_file() else "?"
         return (
-            f"checkpoint kept: {self.save_dir / 'last.keras'} (after epoch {epoch}); fix the data, then rerun "
+            f"checkpoint kept: {self.save_dir / 'last.keras'} (after epoch {epoch}); {fix}, then rerun "
             f"with --resume --run {self.cfg.run}"
         )
 
@@ -367,10 +404,16 @@ class Trainer:
     def _finish(self, model, st: TrainState) -> int:
         """The best epoch's model, its thresholds and validation scores (the task's), as model.keras +
         meta.json; then the summary."""
-        best = self.save_dir / "best.keras"
+        if self.cluster is not None:  # from here each process works alone: no collective after training
+            keras.distribution.set_distribution(None)
+        best = self.out_dir / "best.keras"
         if best.is_file():
             model = keras.saving.load_model(best, compile=False)
         v = st.task.validate(st.task.predict(model, st.val_ds), st.y_val, st.train, st.weights)
+        if not self.writer:
+            shutil.rmtree(self.out_dir, ignore_errors=True)
+            print(f"{self.cluster.name(self.cluster.index)}: done; {self.cluster.name(0)} writes the bundle")
+            return EXIT_OK
         self.save_dir.mkdir(parents=True, exist_ok=True)
         fileio.save_model_atomic(model, self.save_dir / "model.keras")
         fileio.atomic_write_json(self.save_dir / "meta.json", st.task.bundle_meta(self._run_fields(st), st.weights, v))

@@ -1,0 +1,219 @@
+"""Training on several machines: one `train.py` process per machine, on Keras' JAX backend and its own
+distribution API (`keras.distribution.initialize` + `DataParallel`), as Keras' maintainers recommend
+for Keras 3 (its TensorFlow trainer cannot fit under MultiWorkerMirroredStrategy: keras-team/keras#20585).
+
+Where the processes come from: `--workers HOST:PORT,... --worker-index I` (the first address is the
+coordinator), else Keras' `KERAS_DISTRIBUTION_JOB_ADDRESSES` / `_NUM_PROCESSES` / `_PROCESS_ID`, else
+`TF_CONFIG` (chief first, then workers), so a cluster manager can start the command unchanged.
+Resolving them needs neither Keras nor JAX: the CLI picks the backend from it before Keras loads.
+
+What the rest of the code asks here: `is_writer()` (only worker 0 writes logs, checkpoints and the
+bundle), `predict` (each process scores the whole validation set on its own copy of the weights:
+Keras' predict cannot gather outputs that span processes), and `lost_worker` (a collective that failed
+because another process died, as one line naming it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import TrainError
+
+ENV_ADDRESSES, ENV_COUNT, ENV_INDEX = (
+    "KERAS_DISTRIBUTION_JOB_ADDRESSES",
+    "KERAS_DISTRIBUTION_NUM_PROCESSES",
+    "KERAS_DISTRIBUTION_PROCESS_ID",
+)
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """The processes of one training run: every process's HOST:PORT (the first coordinates) and ours."""
+
+    addresses: tuple[str, ...]
+    index: int
+    source: str  # where it was read from, for messages
+
+    @property
+    def size(self) -> int:
+        return len(self.addresses)
+
+    def name(self, i: int) -> str:
+        return f"worker {i} ({self.addresses[i]})"
+
+
+def resolve(workers: str | None, worker_index: int | None) -> Cluster | None:
+    """The cluster from the options, else the environment; None for one process."""
+    if workers:
+        return _checked(workers.split(","), worker_index, "--workers")
+    if worker_index is not None:
+        raise TrainError("--worker-index needs --workers HOST:PORT,HOST:PORT,... (every process's address)")
+    if os.environ.get(ENV_ADDRESSES):
+        raw = os.environ.get(ENV_INDEX)
+        if raw is None or not raw.isdigit():
+            raise TrainError(f"{ENV_ADDRESSES} is set but {ENV_INDEX} is not a number ({raw!r})")
+        addresses = os.environ[ENV_ADDRESSES].split(",")
+        count = os.environ.get(ENV_COUNT)
+        if count is not None and count != str(len(addresses)):
+            raise TrainError(f"{ENV_COUNT}={count} but {ENV_ADDRESSES} lists {len(addresses)} addresses")
+        return _checked(addresses, int(raw), ENV_ADDRESSES)
+    return _from_tf_config(os.environ.get("TF_CONFIG"))
+
+
+def _from_tf_config(raw: str | None) -> Cluster | None:
+    if not raw:
+        return None
+    try:
+        spec = json.loads(raw)
+        cluster, task = spec.get("cluster", {}), spec.get("task", {})
+        addresses = list(cluster.get("chief", [])) + list(cluster.get("worker", []))
+        if len(addresses) < 2:
+            return None
+        offset = len(cluster.get("chief", [])) if task.get("type", "worker") == "worker" else 0
+        index = offset + int(task.get("index", 0))
+    except (ValueError, AttributeError, TypeError) as e:
+        raise TrainError(f"TF_CONFIG is not valid (JSON with cluster.worker and task.index): {e}") from None
+    return _checked(addresses, index, "TF_CONFIG")
+
+
+def _checked(addresses: list[str], index: int | None, source: str) -> Cluster:
+    addresses = [a.strip() for a in addresses if a.strip()]
+    for a in addresses:
+        host, _, port = a.rpartition(":")
+        if not host or not port.isdigit():
+            raise TrainError(f"{source}: '{a}' is not HOST:PORT")
+    if len(addresses) < 2:
+        raise TrainError(f"{source}: several machines need at least two HOST:PORT addresses, got {addresses}")
+    if index is None:
+        raise TrainError(f"{source}: say which process this is with --worker-index (0..{len(addresses) - 1})")
+    if not 0 <= index < len(addresses):
+        raise TrainError(f"{source}: worker index {index} is not in 0..{len(addresses) - 1}")
+    return Cluster(tuple(addresses), index, source)
+
+
+# ---------------------------------------------------------------------------------------- at run time
+
+_current: Cluster | None = None
+
+
+def start(cluster: Cluster) -> None:
+    """Join the other processes; jax.distributed waits up to 300 s for all of them to arrive."""
+    global _current
+    import keras
+
+    try:
+        keras.distribution.initialize(",".join(cluster.addresses), cluster.size, cluster.index)
+    except Exception as e:  # a coordinator that never answers, a port in use
+        raise TrainError(
+            f"{cluster.name(cluster.index)} could not join the other {cluster.size - 1} worker(s) "
+            f"(coordinator {cluster.addresses[0]}): {str(e).strip().splitlines()[0][:300]}"
+        ) from None
+    _current = cluster
+
+
+def current() -> Cluster | None:
+    return _current
+
+
+def is_writer() -> bool:
+    """Worker 0 writes; the others compute the same and write nothing (one process: always)."""
+    return _current is None or _current.index == 0
+
+
+def predict(model, ds):
+    """`model.predict`, or on several processes each process's own forward pass over all of `ds`."""
+    import keras
+
+    if _current is None:
+        return model.predict(ds, verbose=0)
+    import jax
+
+    def local(v):  # every variable is replicated: our own copy is a whole one
+        a = v.value
+        return a if a.is_fully_addressable else a.addressable_data(0)
+
+    with local_only():
+        tv, ntv = [local(v) for v in model.trainable_variables], [local(v) for v in model.non_trainable_variables]
+        step = jax.jit(lambda tv, ntv, x: model.stateless_call(tv, ntv, x, training=False)[0])
+        outs = [keras.tree.map_structure(np.asarray, step(tv, ntv, np.asarray(x))) for x, *_ in ds]
+    return keras.tree.map_structure(lambda *parts: np.concatenate(parts), *outs)
+
+
+@contextlib.contextmanager
+def local_only():
+    """No keras.distribution inside: what is built or placed here stays in this process. Saving needs it,
+    since Keras' saver builds a throwaway optimizer variable, and placing a variable across processes is a
+    collective that every process must join (worker 0 alone saving would wait for ever)."""
+    import keras
+
+    dist = keras.distribution.distribution()
+    if dist is None:
+        yield
+        return
+    keras.distribution.set_distribution(None)
+    try:
+        yield
+    finally:
+        keras.distribution.set_distribution(dist)
+
+
+# Collectives run over gloo (CPU) or NCCL; when a peer dies they fail with these, in the process that waited
+_PEER_LOST = ("Connection closed by peer", "Gloo", "connection reset", "Socket closed", "NCCL", "coordination")
+
+
+def lost_worker(e: BaseException, deadline_s: float = 20.0) -> str | None:
+    """When `e` is a collective that failed because another process stopped: one line naming it (asked of
+    the coordination service, which notices a dead process within its heartbeat); else None."""
+    if _current is None or not any(k.lower() in str(e).lower() for k in _PEER_LOST):
+        return None
+    who = "another worker"
+    if _current.index != 0:
+        who = f"{_current.name(0)} or another worker"
+    try:
+        from jax._src import distributed
+
+        client = distributed.global_state.client
+        ids = [i for i in range(_current.size) if i != _current.index]
+        end = time.monotonic() + deadline_s
+        while time.monotonic() < end:
+            live = set(client.get_live_nodes(ids))
+            dead = [i for i in ids if i not in live]
+            if dead:
+                who = ", ".join(_current.name(i) for i in dead)
+                break
+            time.sleep(1)
+    except Exception:  # the coordinator itself is gone (it runs inside worker 0)
+        if _current.index != 0:
+            who = _current.name(0)
+    return f"{who} stopped during training ({str(e).strip().splitlines()[0][:200]})"
+
+
+def choose_backend(backend: str, cluster: Cluster | None) -> str:
+    """The Keras backend this run uses, set in the environment before Keras loads (the CLI calls this first)."""
+    import importlib.util
+    import sys
+
+    want = backend if backend != "auto" else ("jax" if cluster else os.environ.get("KERAS_BACKEND", "tensorflow"))
+    if cluster and want != "jax":
+        raise TrainError(
+            f"training on several machines ({cluster.source}) runs on Keras' JAX backend: Keras 3's TensorFlow "
+            f"trainer cannot fit on several machines (https://github.com/keras-team/keras/issues/20585); "
+            f"drop --backend {want}"
+        )
+    if want == "jax" and importlib.util.find_spec("jax") is None:
+        raise TrainError("the JAX backend needs jax, which is not installed: pip install -e '.[jax]'")
+    if "keras" in sys.modules:
+        loaded = sys.modules["keras"].backend.backend()
+        if loaded != want:
+            raise TrainError(
+                f"Keras is already loaded with the {loaded} backend in this process; --backend {want} must be "
+                f"chosen before: run train.py as its own process"
+            )
+    os.environ["KERAS_BACKEND"] = want
+    return want
