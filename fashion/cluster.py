@@ -18,6 +18,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
+import sys
+import threading
 import time
 from dataclasses import dataclass
 
@@ -103,10 +106,16 @@ _current: Cluster | None = None
 
 
 def start(cluster: Cluster) -> None:
-    """Join the other processes; jax.distributed waits up to 300 s for all of them to arrive."""
+    """Join the other processes (jax.distributed waits up to 300 s for all of them), then keep a heartbeat
+    of our own so that a worker that dies or hangs is named (`lost_worker`, the watchdog)."""
     global _current
+    import jax
     import keras
 
+    # Without this, JAX's coordination service aborts every process (a C++ stack trace, exit 134) the moment
+    # one dies; with it the collective that waited fails in Python and we say which worker went. (Worker 0
+    # holds the service: when it dies the others still abort; fashion.quiet turns that into one line.)
+    jax.config.update("jax_enable_recoverability", True)
     try:
         keras.distribution.initialize(",".join(cluster.addresses), cluster.size, cluster.index)
     except Exception as e:  # a coordinator that never answers, a port in use
@@ -115,6 +124,84 @@ def start(cluster: Cluster) -> None:
             f"(coordinator {cluster.addresses[0]}): {str(e).strip().splitlines()[0][:300]}"
         ) from None
     _current = cluster
+    threading.Thread(target=_heartbeat, name="fashion-heartbeat", daemon=True).start()
+
+
+DONE = "done"
+def leave(code: int) -> None:
+    """The end of a run on several processes: wait until every worker is here (worker 0 writes the bundle
+    first), then leave without JAX's shutdown, whose RPC to a coordinator that already left would abort."""
+    if _current is None:
+        return
+    global _on_lost
+    _on_lost = None
+    with contextlib.suppress(Exception):
+        _client().wait_at_barrier("fashion/end", END_WAIT_S * 1000)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+END_WAIT_S = 1800  # how long the others wait at the end for worker 0 to write the bundle
+BEAT_S = 2.0  # how often each worker stamps the coordinator's key-value store
+STALE_S = 60.0  # a worker whose stamp is older is hung: the others stop (a step or a save never takes this long
+# without the stamping thread running: JAX and Keras release the GIL while they compute or write)
+_on_lost = None  # what the trainer does when the watchdog finds a worker gone (set by watch())
+
+
+def watch(on_lost) -> None:
+    """Call `on_lost(line)` (it must not return: it exits) when another worker stops stamping."""
+    global _on_lost
+    _on_lost = on_lost
+
+
+def _client():
+    from jax._src import distributed
+
+    return distributed.global_state.client
+
+
+def _heartbeat() -> None:
+    client, me = _client(), _current.index
+    while True:
+        try:
+            if _on_lost is not None:
+                client.key_value_set(f"fashion/alive/{me}", repr(time.time()), allow_overwrite=True)
+                stale = _stale_workers(client)
+                if stale:
+                    _on_lost(f"{stale} stopped answering for {STALE_S:.0f} s during training")
+        except Exception:  # the coordinator is gone: it lives in worker 0
+            if _on_lost is not None and me != 0:
+                # JAX's client usually aborts this process now, its one line printed by fashion.quiet;
+                # say it ourselves only if it does not
+                time.sleep(3 * BEAT_S)
+                _on_lost(f"worker 0 at {_current.addresses[0]} (the coordinator) stopped during training")
+        time.sleep(BEAT_S)
+
+
+def _stale_workers(client, older_than: float = STALE_S) -> str:
+    now, gone = time.time(), []
+    for i in range(_current.size):
+        if i == _current.index:
+            continue
+        try:
+            raw = client.key_value_try_get(f"fashion/alive/{i}")
+        except Exception as e:  # not stamped yet; anything else means the coordinator is gone
+            if "not found" in str(e).lower() or "not_found" in str(e).lower():
+                continue
+            raise
+        if raw != DONE and now - float(raw) > older_than:
+            gone.append(_current.name(i))
+    return ", ".join(gone)
+
+
+def finished() -> None:
+    """Training is over here: stop watching, and tell the others this worker's silence from now on is fine."""
+    global _on_lost
+    _on_lost = None
+    if _current is not None:
+        with contextlib.suppress(Exception):
+            _client().key_value_set(f"fashion/alive/{_current.index}", DONE, allow_overwrite=True)
 
 
 def current() -> Cluster | None:
@@ -167,37 +254,27 @@ def local_only():
 _PEER_LOST = ("Connection closed by peer", "Gloo", "connection reset", "Socket closed", "NCCL", "coordination")
 
 
-def lost_worker(e: BaseException, deadline_s: float = 20.0) -> str | None:
-    """When `e` is a collective that failed because another process stopped: one line naming it (asked of
-    the coordination service, which notices a dead process within its heartbeat); else None."""
+def lost_worker(e: BaseException) -> str | None:
+    """When `e` is a collective that failed because another process stopped: one line naming it (the worker
+    whose heartbeat stopped first), else None."""
     if _current is None or not any(k.lower() in str(e).lower() for k in _PEER_LOST):
         return None
-    who = "another worker"
-    if _current.index != 0:
-        who = f"{_current.name(0)} or another worker"
+    why = re.sub(r"\[[^\]]*\]\s*", "", str(e).strip().splitlines()[0])[:200]  # drop gloo's source positions
     try:
-        from jax._src import distributed
-
-        client = distributed.global_state.client
-        ids = [i for i in range(_current.size) if i != _current.index]
-        end = time.monotonic() + deadline_s
-        while time.monotonic() < end:
-            live = set(client.get_live_nodes(ids))
-            dead = [i for i in ids if i not in live]
-            if dead:
-                who = ", ".join(_current.name(i) for i in dead)
+        client, who = _client(), ""
+        for _ in range(int(3 * BEAT_S / 0.5)):  # a dead worker's stamp ages past 2 beats within 3
+            who = _stale_workers(client, older_than=2 * BEAT_S)
+            if who:
                 break
-            time.sleep(1)
+            time.sleep(0.5)
     except Exception:  # the coordinator itself is gone (it runs inside worker 0)
-        if _current.index != 0:
-            who = _current.name(0)
-    return f"{who} stopped during training ({str(e).strip().splitlines()[0][:200]})"
+        who = _current.name(0) if _current.index != 0 else ""
+    return f"{who or 'another worker'} stopped during training ({why})"
 
 
 def choose_backend(backend: str, cluster: Cluster | None) -> str:
     """The Keras backend this run uses, set in the environment before Keras loads (the CLI calls this first)."""
     import importlib.util
-    import sys
 
     want = backend if backend != "auto" else ("jax" if cluster else os.environ.get("KERAS_BACKEND", "tensorflow"))
     if cluster and want != "jax":

@@ -40,7 +40,20 @@ NOISE = re.compile(
     rb"|WARNING:__main__:No semi_persistent_directory"
     rb"|WARNING:apache_beam\.options\.pipeline_options:Discarding unparseable args"
     rb"|WARNING:apache_beam\.runners\.portability\.local_job_service:Worker: severity: WARN"
-    rb"|To enable the following instructions: .* in other operations, rebuild TensorFlow)"
+    rb"|To enable the following instructions: .* in other operations, rebuild TensorFlow"
+    # train.py on several processes: gloo's hello, and the line JAX logs just before the fatal one below
+    rb"|\[Gloo\] Rank \d+ is connected to"
+    rb"|E\d{4} [\d:.]+ +\d+ coordination_service_agent\.cc:\d+\] Polled an error)"
+)
+# A fatal C++ line that ends the process with a stack trace nobody can act on: printed as one line instead,
+# and everything after it (the trace, gRPC's details) dropped. JAX aborts a worker this way when the
+# coordinator (inside worker 0 of `train.py --workers`) is gone; its client offers no callback Python can take.
+FATAL = (
+    (
+        re.compile(rb"^F\d{4} .*Terminating process because the JAX distributed service detected fatal errors"),
+        b"error: worker 0 (the coordinator) stopped or cannot be reached, so this worker stops too; "
+        b"restart every worker with the same command plus --resume\n",
+    ),
 )
 
 
@@ -160,15 +173,26 @@ class _Writes:
 
 
 def _copy(read_end: int, out: int, noise: re.Pattern[bytes]) -> None:
-    pending = b""
+    pending, ended = b"", False  # ended: a FATAL line was seen, the rest is its stack trace
+
+    def keep(line: bytes) -> bytes:
+        nonlocal ended
+        if ended or _muted.is_set() or noise.match(line):
+            return b""
+        for pattern, message in FATAL:
+            if pattern.match(line):
+                ended = True
+                return message
+        return line + b"\n"
+
     with contextlib.suppress(OSError):
         while chunk := os.read(read_end, 65536):
             pending += chunk
             *lines, pending = pending.split(b"\n")
-            kept = b"" if _muted.is_set() else b"".join(line + b"\n" for line in lines if not noise.match(line))
+            kept = b"".join(keep(line) for line in lines)
             if kept:
                 os.write(out, kept)
-        if pending and not _muted.is_set() and not noise.match(pending):
-            os.write(out, pending)
+        if pending and (last := keep(pending)):
+            os.write(out, last)
     os.close(read_end)
     os.close(out)

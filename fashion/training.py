@@ -127,11 +127,13 @@ class Trainer:
     def run(self) -> int:
         stdout = sys.stdout
         try:
-            return self._run()
+            code = self._run()
         finally:
             if isinstance(sys.stdout, Tee):
                 sys.stdout.file.close()
             sys.stdout = stdout
+        cluster_lib.leave(code)  # several processes: all meet here once worker 0 wrote the bundle, then exit
+        return code
 
     def _run(self) -> int:
         st = self._plan()
@@ -220,6 +222,8 @@ class Trainer:
         """Devices, then the input pipelines (the batch spans every replica) and the validation labels."""
         cfg = self.cfg
         st.strategy = setup_device(cfg, self.cluster)
+        if self.cluster is not None:
+            cluster_lib.watch(self._stop_lost)  # a worker that dies or hangs stops this one, named
         batch = cfg.batch_size * st.strategy.num_replicas_in_sync  # this process's batch
         small = sum(s["bytes"] for s in st.manifest["splits"]["train"]["shards"]) < (1 << 30)
         n, target = len(st.task.labels), st.task.dataset_args()
@@ -405,6 +409,7 @@ class Trainer:
         """The best epoch's model, its thresholds and validation scores (the task's), as model.keras +
         meta.json; then the summary."""
         if self.cluster is not None:  # from here each process works alone: no collective after training
+            cluster_lib.finished()
             keras.distribution.set_distribution(None)
         best = self.out_dir / "best.keras"
         if best.is_file():
