@@ -21,7 +21,7 @@ help:
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test,lint,beam]'
+	$(PY) -m pip install --quiet -e '.[test,lint,beam,jax]'
 	touch $(STAMP)
 
 # Ingest the shipped sample, train on CPU from the trunk this project ships (offline: no ImageNet
@@ -58,7 +58,7 @@ lint: $(STAMP)
 
 # The benchmarks' extra dependencies (scikit-image: the reference in bench/ingest.py).
 $(VENV)/.installed-bench: $(STAMP)
-	$(PY) -m pip install --quiet -e '.[test,lint,beam,bench]'
+	$(PY) -m pip install --quiet -e '.[test,lint,beam,jax,bench]'
 	touch $@
 
 bench-ingest: $(VENV)/.installed-bench

@@ -128,6 +128,8 @@ def start(cluster: Cluster) -> None:
 
 
 DONE = "done"
+
+
 def leave(code: int) -> None:
     """The end of a run on several processes: wait until every worker is here (worker 0 writes the bundle
     first), then leave without JAX's shutdown, whose RPC to a coordinator that already left would abort."""
@@ -227,7 +229,10 @@ def predict(model, ds):
 
     with local_only():
         tv, ntv = [local(v) for v in model.trainable_variables], [local(v) for v in model.non_trainable_variables]
-        step = jax.jit(lambda tv, ntv, x: model.stateless_call(tv, ntv, x, training=False)[0])
+        step = getattr(model, "_fashion_local_predict", None)  # compiled once per model, not per epoch
+        if step is None:
+            step = jax.jit(lambda tv, ntv, x: model.stateless_call(tv, ntv, x, training=False)[0])
+            model._fashion_local_predict = step
         outs = [keras.tree.map_structure(np.asarray, step(tv, ntv, np.asarray(x))) for x, *_ in ds]
     return keras.tree.map_structure(lambda *parts: np.concatenate(parts), *outs)
 
