@@ -16,8 +16,8 @@ help:
 	@echo "make bench-ingest - ingestion benchmark (bench/ingest.py), prints ratios"
 	@echo "make clean     - remove data/records, data/cache and caches (keeps .venv)"
 
-# The project installed in place (editable) with its test and lint tools and Apache Beam (the tests run
-# --engine beam); re-installed only when pyproject.toml changes.
+# The project installed in place (editable) with its test and lint tools, Apache Beam (the tests run
+# --engine beam) and JAX (train.py on several processes); re-installed only when pyproject.toml changes.
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
