@@ -46,11 +46,14 @@ demo: $(STAMP)
 	@echo "  # 3. evaluate with the HTML report"
 	@echo "  python evaluate.py --model model_save/$(DEMO_RUN) --data data/records --out report/$(DEMO_RUN)"
 
+# Two test processes (pytest-xdist): most tests wait on a TensorFlow start-up or a child process, so two
+# at once fit CI's 2 cores (fresh clone: 18.5 min instead of ~26.5 serially). PYTEST_ARGS= runs serially.
+PYTEST_ARGS ?= -n 2
 test: $(STAMP)
-	$(PY) -m pytest
+	$(PY) -m pytest $(PYTEST_ARGS)
 
 test-fast: $(STAMP)
-	$(PY) -m pytest -m "not slow"
+	$(PY) -m pytest $(PYTEST_ARGS) -m "not slow"
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

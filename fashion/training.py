@@ -62,19 +62,7 @@ class Stage:
 
 def parse_stages(cfg: TrainConfig) -> list[Stage]:
     """`heads:5,all:20:1e-4` -> stages; without --stages, one stage of --layers for --epochs."""
-    if not cfg.stages:
-        return [Stage(cfg.layers, cfg.epochs, cfg.lr)]
-    out = []
-    for part in cfg.stages.split(","):
-        bits = part.strip().split(":")
-        if len(bits) not in (2, 3) or not bits[1].isdigit():
-            raise TrainError(f"--stages: '{part}' is not GROUP:EPOCHS[:LR] (e.g. heads:5,all:20:1e-4)")
-        try:
-            lr = float(bits[2]) if len(bits) == 3 else cfg.lr
-        except ValueError:
-            raise TrainError(f"--stages: '{bits[2]}' in '{part}' is not a learning rate") from None
-        out.append(Stage(bits[0], int(bits[1]), lr))
-    return out
+    return [Stage(*spec) for spec in cfg.stage_specs()]
 
 
 def manifest_hash(folder: str | Path) -> str:
@@ -120,9 +108,7 @@ class Trainer:
         self.writer = self.cluster is None or self.cluster.index == 0
         # where this process's checkpoints go: worker 0's are the run's; each other worker keeps its own in
         # a private temporary folder (for the end of the run: no shared disk needed but for --resume)
-        self.out_dir = (
-            self.save_dir if self.writer else Path(tempfile.mkdtemp(prefix=f"fashion-worker{cfg.worker_index}-"))
-        )
+        self.out_dir = self.save_dir  # the others' folder is made when their training starts (_load_data)
 
     def run(self) -> int:
         stdout = sys.stdout
@@ -224,6 +210,8 @@ class Trainer:
         st.strategy = setup_device(cfg, self.cluster)
         if self.cluster is not None:
             cluster_lib.watch(self._stop_lost)  # a worker that dies or hangs stops this one, named
+            if not self.writer:
+                self.out_dir = Path(tempfile.mkdtemp(prefix=f"fashion-worker{self.cluster.index}-"))
         batch = cfg.batch_size * st.strategy.num_replicas_in_sync  # this process's batch
         small = sum(s["bytes"] for s in st.manifest["splits"]["train"]["shards"]) < (1 << 30)
         n, target = len(st.task.labels), st.task.dataset_args()
