@@ -118,7 +118,7 @@ def main() -> None:
         data = ingest(tmp, args.photos)
         import json
 
-        train = json.loads((data / "dataset.json").read_text())["splits"]["train"]["count"]
+        train = json.loads((data / "dataset.json").read_text())["splits"]["train"]["records"]
         print(f"{train} training images, 64 px, heads, {args.epochs} vs 1 epochs")
         rates = {}
         for name, backend, processes, batch in (
