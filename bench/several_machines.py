@@ -21,13 +21,14 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 from datetime import date
 from pathlib import Path
+
+from fashion import cluster
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data" / "ccp-dev"
@@ -46,16 +47,6 @@ def ingest(out: Path, photos: int) -> Path:
     return out / "records"
 
 
-def free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
-
-
 def timed_train(data: Path, tmp: Path, epochs: int, backend: str, processes: int, batch: int) -> float:
     """Seconds for the whole command(s), all processes together."""
     run = f"{backend}{processes}-{epochs}-{time.monotonic_ns()}"
@@ -67,7 +58,7 @@ def timed_train(data: Path, tmp: Path, epochs: int, backend: str, processes: int
     if processes == 1:
         subprocess.run(base, check=True, capture_output=True, env=env)
     else:
-        workers = ",".join(f"127.0.0.1:{p}" for p in free_ports(processes))
+        workers = cluster.local_workers(processes)
         procs = [
             subprocess.Popen(
                 base + ["--workers", workers, "--worker-index", str(i)], env=env, stdout=subprocess.DEVNULL

@@ -100,6 +100,20 @@ def _checked(addresses: list[str], index: int | None, source: str) -> Cluster:
     return Cluster(tuple(addresses), index, source)
 
 
+def local_workers(n: int) -> str:
+    """--workers for `n` processes on this machine (127.0.0.1, ports free right now): to try the several-machine
+    path on one machine, as the tests and bench/several_machines.py do."""
+    import socket
+
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ",".join(f"127.0.0.1:{p}" for p in ports)
+
+
 # ---------------------------------------------------------------------------------------- at run time
 
 _current: Cluster | None = None

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -24,16 +23,6 @@ from fashion.errors import TrainError
 jax_missing = pytest.mark.skipif(
     __import__("importlib.util").util.find_spec("jax") is None, reason="the jax extra is not installed"
 )
-
-
-def free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
 
 
 def start(args: list[str], log: Path, env: dict | None = None) -> subprocess.Popen:
@@ -155,8 +144,7 @@ cluster.leave(0)
 @pytest.mark.slow
 def test_two_processes_train_like_one_with_the_summed_batch(dataset, tmp_path):
     labels = str(SAMPLE / "labels.txt")
-    ports = free_ports(2)
-    workers = ",".join(f"127.0.0.1:{p}" for p in ports)
+    workers = cluster.local_workers(2)
     procs = [
         start(["-c", EQUALITY, str(dataset), labels, str(tmp_path / "two.npz"), workers, str(i)], tmp_path / f"w{i}")
         for i in range(2)
@@ -200,7 +188,7 @@ def train_args(dataset, tmp_path, workers: str, i: int, *extra: str) -> list[str
 def test_a_killed_worker_stops_the_other_and_resume_finishes_with_one_bundle(dataset, tmp_path):
     """Worker 1 killed mid-run: worker 0 stops within 120 s with one line naming it, its checkpoint kept;
     both rerun with --resume and finish; only worker 0 wrote anything."""
-    workers = ",".join(f"127.0.0.1:{p}" for p in free_ports(2))
+    workers = cluster.local_workers(2)
     tmp = {"TMPDIR": str(tmp_path / "tmp")}  # where worker 1 keeps its private checkpoints
     (tmp_path / "tmp").mkdir()
     logs = [tmp_path / "w0", tmp_path / "w1"]
