@@ -230,3 +230,9 @@ def test_a_killed_worker_stops_the_other_and_resume_finishes_with_one_bundle(dat
     assert json.loads((run / "state.json").read_text())["epoch"] == 4
     assert set((tmp_path / "tmp").glob("fashion-worker*")) == left_by_the_killed, "worker 1 left its checkpoints"
     assert sorted(p.name for p in (tmp_path / "logs").iterdir()) == ["r"]
+    # the bundle JAX wrote is an ordinary one: detect.py and evaluate.py read it on the TensorFlow backend
+    import keras
+
+    assert keras.backend.backend() == "tensorflow"
+    model = keras.saving.load_model(run / "model.keras", compile=False)
+    assert len(model.outputs) == len(meta["labels"])
