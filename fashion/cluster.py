@@ -47,6 +47,11 @@ class Cluster:
     def size(self) -> int:
         return len(self.addresses)
 
+    @property
+    def writer(self) -> bool:
+        """Worker 0 writes logs, checkpoints and the bundle; the others compute the same and write nothing."""
+        return self.index == 0
+
     def name(self, i: int) -> str:
         return f"worker {i} ({self.addresses[i]})"
 
@@ -220,13 +225,9 @@ def finished() -> None:
             _client().key_value_set(f"fashion/alive/{_current.index}", DONE, allow_overwrite=True)
 
 
-def current() -> Cluster | None:
-    return _current
-
-
 def is_writer() -> bool:
-    """Worker 0 writes; the others compute the same and write nothing (one process: always)."""
-    return _current is None or _current.index == 0
+    """This process writes (one process: always)."""
+    return _current is None or _current.writer
 
 
 def predict(model, ds):

@@ -105,7 +105,7 @@ class Trainer:
         self.log_dir = Path(cfg.log) / cfg.run
         # several processes (fashion.cluster): all train, only worker 0 writes
         self.cluster = cluster_lib.resolve(cfg.workers, cfg.worker_index)
-        self.writer = self.cluster is None or self.cluster.index == 0
+        self.writer = self.cluster is None or self.cluster.writer
         # where this process's checkpoints go: worker 0's are the run's; each other worker keeps its own in
         # a private temporary folder (for the end of the run: no shared disk needed but for --resume)
         self.out_dir = self.save_dir  # the others' folder is made when their training starts (_load_data)
@@ -139,10 +139,14 @@ class Trainer:
         """Another process died: say so in one line and leave now. os._exit, because JAX's shutdown would
         wait (up to 5 min) at a barrier for the process that is gone."""
         print(f"error: {lost}; {self._kept(every=True)}", file=sys.stderr, flush=True)
-        if not self.writer:
-            shutil.rmtree(self.out_dir, ignore_errors=True)
+        self._drop_private()
         sys.stdout.flush()
         os._exit(EXIT_WORKER_LOST)
+
+    def _drop_private(self) -> None:
+        """A worker other than 0: its private checkpoint folder goes when it leaves."""
+        if not self.writer:
+            shutil.rmtree(self.out_dir, ignore_errors=True)
 
     def _run_opened(self, st: TrainState) -> int:
         st.task.print_weights(self.cfg, st.train, st.weights)
@@ -404,7 +408,7 @@ class Trainer:
             model = keras.saving.load_model(best, compile=False)
         v = st.task.validate(st.task.predict(model, st.val_ds), st.y_val, st.train, st.weights)
         if not self.writer:
-            shutil.rmtree(self.out_dir, ignore_errors=True)
+            self._drop_private()
             print(f"{self.cluster.name(self.cluster.index)}: done; {self.cluster.name(0)} writes the bundle")
             return EXIT_OK
         self.save_dir.mkdir(parents=True, exist_ok=True)
