@@ -109,7 +109,7 @@ def _dofn(beam: Any) -> type:
             plan = plan_from_line(line)
             state = shard_done(self.out, self.partial, plan)
             if state is None:
-                results = workers.in_order(self.cfg, self.fetcher, None, plan.items)  # decoding in this process
+                results = workers.in_order(self.cfg, self.fetcher, plan.items)  # decoding in this process
                 try:
                     state = write_shard(self.out, self.partial, plan, self.n_labels, results)
                 finally:

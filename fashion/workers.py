@@ -1,21 +1,25 @@
 """The per-image work of `generate_dataset.py` and the pools that run it.
 
-Threads fetch (they wait on the network); one process per core decodes and
-resizes; results come back in list order with a bounded number in flight.
+One process per core, each fetching on its own threads and decoding what it
+fetched (so HTTP, decoding and the hand-offs between them are spread over the
+cores, as in img2dataset and the Beam engine's workers); the parent serializes
+and writes. Results come back in list order with a bounded number in flight.
+Tiny jobs run on threads in one process.
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import multiprocessing
 import os
+import queue
 import signal
 import sys
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ProcessPoolExecutor
 from multiprocessing.pool import AsyncResult, ThreadPool
 from typing import Any
 
@@ -26,36 +30,39 @@ from .config import IngestConfig
 from .fetching import Fetcher, FetchError
 from .sources import Failure, Item
 
+Encoded = tuple[bytes, int, int]  # JPEG, height, width
+Prepared = tuple[Item, Encoded | None, Failure | None]  # what a fetch-and-decode thread returns
 Result = tuple[Item, bytes | None, Failure | None]  # (item, serialized example, failure): one is None
 
 
-def make_worker(cfg: IngestConfig, fetcher: Fetcher, pool: ProcessPoolExecutor | None) -> Callable[[Item], Result]:
-    """The per-item function run in the pool: fetch, verify, resize, encode, serialize."""
+def make_prepare(cfg: IngestConfig, fetcher: Fetcher) -> Callable[[Item], Prepared]:
+    """The per-item function run on the threads: fetch, verify, resize, encode."""
 
     options = dict(
         size=cfg.image_size, mode=cfg.resize, quality=cfg.quality, min_side=cfg.min_side, max_pixels=cfg.max_pixels
     )
 
-    def work(item: Item) -> Result:
+    def prepare(item: Item) -> Prepared:
         try:
-            data = fetcher.fetch(item.source)
-            # Threads wait on the network; decoding runs in one process per core, because the
-            # GIL-bound parts of a threaded decoder held it to ~1.5 of 2 cores (measured).
-            if pool is None:
-                jpeg, h, w = imaging.process(data, **options)
-            else:
-                jpeg, h, w = pool.submit(imaging.process, data, **options).result()
-            example = records.make_example(jpeg, id=item.id, source=item.source, height=h, width=w, labels=item.labels)
-            return item, example, None
+            return item, imaging.process(fetcher.fetch(item.source), **options), None
         except (FetchError, imaging.ImageError) as e:
             return item, None, Failure(item.id, item.source, str(e), item.line)
         except Exception as e:  # one bad file must never stop the run
             return item, None, Failure(item.id, item.source, f"error: {type(e).__name__}: {e}", item.line)
 
-    return work
+    return prepare
 
 
-def _decoder_init(parent: int) -> None:
+def serialized(prepared: Prepared) -> Result:
+    """The record of a prepared item (TensorFlow's proto: built where the shard is written)."""
+    item, encoded, failure = prepared
+    if encoded is None:
+        return item, None, failure
+    jpeg, h, w = encoded
+    return item, records.make_example(jpeg, id=item.id, source=item.source, height=h, width=w, labels=item.labels), None
+
+
+def _watch_parent(parent: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is handled once, by the parent
 
     def watch() -> None:  # a SIGKILLed parent cannot stop us: leave when it is gone
@@ -66,26 +73,125 @@ def _decoder_init(parent: int) -> None:
     threading.Thread(target=watch, daemon=True).start()
 
 
-def decoder_pool(n_images: int) -> ProcessPoolExecutor | None:
-    """One decoding process per core; none for tiny jobs or one core (start-up would dominate)."""
-    cores = os.cpu_count() or 1
-    if cores < 2 or n_images < 64:
-        return None
-    # spawn, not fork: the parent already runs TensorFlow's threads.
-    pool = ProcessPoolExecutor(
-        cores, mp_context=multiprocessing.get_context("spawn"), initializer=_decoder_init, initargs=(os.getpid(),)
-    )
-    if threading.current_thread() is threading.main_thread():
-        # Start them now with Ctrl-C ignored, which they inherit from birth: a Ctrl-C at the terminal
-        # reaches the whole process group, and one arriving while a child still imports (before
-        # _decoder_init) would print its KeyboardInterrupt traceback.
-        old = signal.signal(signal.SIGINT, signal.SIG_IGN)
-        try:
-            for _ in range(cores):
-                pool.submit(os.getpid)
-        finally:
-            signal.signal(signal.SIGINT, old)
-    return pool
+def _serve(cfg: IngestConfig, threads: int, inbox: Any, outbox: Any, parent: int) -> None:
+    """A worker process: `(seq, item)` from `inbox` -> its threads -> `(seq, prepared)` on `outbox`;
+    the parent ends it (SIGTERM). Warnings travel as `(-1, text)`, for the parent to print above its bar."""
+    _watch_parent(parent)
+    fetcher = make_fetcher(cfg, warn=lambda message: outbox.put((-1, message)))
+    prepare = make_prepare(cfg, fetcher)
+    pool = ThreadPool(threads)
+    while True:
+        seq, item = inbox.get()
+        pool.apply_async(prepare, (item,), callback=lambda p, seq=seq: outbox.put((seq, p)))
+
+
+class Processes:
+    """`processes` workers (`_serve`) sharing `cfg.workers` download threads; `map` gives results in order.
+
+    Every item goes to the worker with the fewest in flight, so the parent knows whose items a dead
+    worker took: they become failures naming it, and a new worker takes its place. Every wait has a
+    deadline (a 1 s poll that checks the workers are alive)."""
+
+    def __init__(self, cfg: IngestConfig, processes: int):
+        self.cfg = cfg
+        self.threads = max(1, -(-cfg.workers // processes))
+        self.ctx = multiprocessing.get_context("spawn")  # not fork: the parent may already run TensorFlow's threads
+        self.outbox = self.ctx.Queue()
+        self.procs: list[Any] = [None] * processes
+        self.inboxes: list[Any] = [None] * processes
+        self.owner: dict[int, int] = {}  # seq -> worker, for the items in flight
+        self.load = [0] * processes  # items in flight per worker
+        self.warned: set[str] = set()
+        # Started with Ctrl-C ignored, which they inherit from birth: a Ctrl-C at the terminal reaches the
+        # whole process group, and one arriving while a child still imports would print its traceback.
+        with _sigint_ignored():
+            for k in range(processes):
+                self._start(k)
+
+    def _start(self, k: int) -> None:
+        self.inboxes[k] = self.ctx.Queue()
+        self.procs[k] = self.ctx.Process(
+            target=_serve, args=(self.cfg, self.threads, self.inboxes[k], self.outbox, os.getpid()), daemon=True
+        )
+        self.procs[k].start()
+
+    def map(self, items: Iterable[Item]) -> Iterator[Result]:
+        window = self.cfg.workers * 4
+        source, pending, done = iter(items), {}, {}  # seq -> item sent; seq -> prepared
+        sent = itertools.count()
+        next_out, exhausted = 0, False
+        while True:
+            while not exhausted and len(pending) + len(done) < window:
+                item = next(source, None)
+                if item is None:
+                    exhausted = True
+                    break
+                seq = next(sent)
+                k = min(range(len(self.procs)), key=self.load.__getitem__)
+                pending[seq], self.owner[seq] = item, k
+                self.load[k] += 1
+                self.inboxes[k].put((seq, item))
+            if next_out in done:
+                yield serialized(done.pop(next_out))
+                next_out += 1
+                continue
+            if not pending:
+                return
+            try:
+                seq, prepared = self.outbox.get(timeout=1.0)
+            except queue.Empty:
+                self._replace_dead(pending, done)
+                continue
+            if seq < 0:
+                self._warn(prepared)
+            elif seq in pending:
+                del pending[seq]
+                self.load[self.owner.pop(seq)] -= 1
+                done[seq] = prepared
+
+    def _replace_dead(self, pending: dict[int, Item], done: dict[int, Prepared]) -> None:
+        for k, proc in enumerate(self.procs):
+            if proc.is_alive():
+                continue
+            why = f"the worker process fetching and decoding it died (exit code {proc.exitcode})"
+            for seq in [s for s, o in self.owner.items() if o == k]:
+                item = pending.pop(seq)
+                del self.owner[seq]
+                self.load[k] -= 1
+                done[seq] = (item, None, Failure(item.id, item.source, f"error: {why}", item.line))
+            with _sigint_ignored():
+                self._start(k)
+
+    def _warn(self, message: str) -> None:
+        if message not in self.warned:  # every worker meets the same unwritable cache: say it once
+            self.warned.add(message)
+            tqdm.write(message, file=sys.stderr)
+
+    def close(self) -> None:
+        """Stop the workers now: at the end they are idle; after a Ctrl-C their downloads are not wanted
+        (a cache file is written under a temporary name, so none is left half-written)."""
+        for proc in self.procs:
+            proc.terminate()
+        deadline = time.monotonic() + 5
+        for proc in self.procs:
+            proc.join(max(0.0, deadline - time.monotonic()))
+            if proc.is_alive():
+                proc.kill()
+        for q in (*self.inboxes, self.outbox):
+            q.cancel_join_thread()  # never wait on a queue's feeder at exit
+            q.close()
+
+
+@contextlib.contextmanager
+def _sigint_ignored() -> Iterator[None]:
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, old)
 
 
 def ordered_map(fn, items: Iterable[Item], workers: int, window: int) -> Iterator[Any]:
@@ -107,7 +213,7 @@ def ordered_map(fn, items: Iterable[Item], workers: int, window: int) -> Iterato
         pool.terminate()  # drops queued work; downloads in flight see the fetcher's cancel and stop
 
 
-def make_fetcher(cfg: IngestConfig) -> Fetcher:
+def make_fetcher(cfg: IngestConfig, warn: Callable[[str], None] | None = None) -> Fetcher:
     """The run's byte source: its limits, retries, pool size and cache."""
     return Fetcher(
         timeout=cfg.timeout,
@@ -117,25 +223,42 @@ def make_fetcher(cfg: IngestConfig) -> Fetcher:
         min_bytes=cfg.min_bytes,
         pool_size=cfg.workers,
         cache_dir=cfg.cache,
-        warn=lambda message: tqdm.write(message, file=sys.stderr),  # above the progress bar
+        warn=warn or (lambda message: tqdm.write(message, file=sys.stderr)),  # above the progress bar
     )
 
 
-def in_order(cfg: IngestConfig, fetcher: Fetcher, pool: ProcessPoolExecutor | None, items: Iterable[Item]):
-    """`make_worker`'s results for `items` on `cfg.workers` threads, in list order, 4 per thread in flight."""
-    return ordered_map(make_worker(cfg, fetcher, pool), items, workers=cfg.workers, window=cfg.workers * 4)
+def in_order(cfg: IngestConfig, fetcher: Fetcher, items: Iterable[Item]) -> Iterator[Result]:
+    """Results for `items` on `cfg.workers` threads of this process, in list order, 4 per thread in flight."""
+    prepared = ordered_map(make_prepare(cfg, fetcher), items, workers=cfg.workers, window=cfg.workers * 4)
+    try:
+        yield from map(serialized, prepared)
+    finally:
+        prepared.close()
+
+
+def processes_for(n_images: int) -> int:
+    """One worker process per core; none for tiny jobs or one core (start-up would dominate)."""
+    cores = os.cpu_count() or 1
+    return 0 if cores < 2 or n_images < 64 else cores
 
 
 @contextlib.contextmanager
 def processed(cfg: IngestConfig, items: Iterable[Item], n_items: int) -> Iterator[Iterator[Result]]:
-    """`make_worker`'s results for `items`, in order; the fetcher and both pools are closed on leaving."""
+    """Results for `items`, in order; the workers (or the fetcher and threads) are closed on leaving."""
+    n = processes_for(n_items)
+    if n:
+        pool = Processes(cfg, n)
+        results = pool.map(items)
+        try:
+            yield results
+        finally:
+            results.close()
+            pool.close()
+        return
     fetcher = make_fetcher(cfg)
-    pool = decoder_pool(n_items)
-    results = in_order(cfg, fetcher, pool, items)
+    results = in_order(cfg, fetcher, items)
     try:
         yield results
     finally:
         fetcher.close()  # first: downloads in flight stop at their next read
         results.close()
-        if pool is not None:
-            pool.shutdown(wait=False, cancel_futures=True)
