@@ -153,7 +153,10 @@ class Processes:
         for k, proc in enumerate(self.procs):
             if proc.is_alive():
                 continue
-            why = f"the worker process fetching and decoding it died (exit code {proc.exitcode})"
+            code = proc.exitcode
+            how = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"
+            how += ": out of memory?" if code == -signal.SIGKILL else ""  # what the kernel's OOM killer sends
+            why = f"the worker process fetching and decoding it died ({how})"
             for seq in [s for s, o in self.owner.items() if o == k]:
                 item = pending.pop(seq)
                 del self.owner[seq]
