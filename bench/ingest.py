@@ -39,6 +39,7 @@ import time
 from datetime import date
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data" / "ccp-dev" / "photos"
@@ -96,8 +97,10 @@ def make_list(tmp: Path, base_url: str, names: list[str], n: int, tag: str) -> P
     return path
 
 
-def tree_rss_mib(root: int) -> float:
-    """Resident memory of a process and all its descendants now (Beam's workers, decoders), MiB."""
+def tree_memory_mib(root: int) -> tuple[float, float]:
+    """Memory of a process and all its descendants now (Beam's workers, ours), MiB: summed RSS (counts
+    the shared libraries every process maps once per process) and summed PSS (shares them out: what the
+    machine really spends)."""
     parents: dict[int, int] = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
@@ -110,28 +113,31 @@ def tree_rss_mib(root: int) -> float:
         kids = [p for p, pp in parents.items() if pp in frontier and p not in tree]
         tree.update(kids)
         frontier = kids
-    total = 0
+    rss = pss = 0
     for pid in tree:
         try:
-            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1])
+            for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+                if line.startswith("Rss:"):
+                    rss += int(line.split()[1])
+                elif line.startswith("Pss:"):
+                    pss += int(line.split()[1])
         except OSError:
             pass
-    return total / 1024
+    return rss / 1024, pss / 1024
 
 
-def run_child(cmd: list[str], tree: bool = False) -> tuple[float, int]:
-    """Wall seconds and peak RSS (MiB) of one child process; with `tree`, the peak of the sum over the
-    child and its descendants, sampled every 0.2 s."""
+def run_child(cmd: list[str], tree: bool = False) -> tuple[float, Any]:
+    """Wall seconds and peak RSS (MiB) of one child process; with `tree`, the peaks of the sums over the
+    child and its descendants, (RSS, PSS), sampled every 0.2 s."""
     t = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=ROOT)
-    peak = [0.0]
+    peak = [0.0, 0.0]
     if tree:
 
         def sample() -> None:
             while proc.poll() is None:
-                peak[0] = max(peak[0], tree_rss_mib(proc.pid))
+                rss, pss = tree_memory_mib(proc.pid)
+                peak[:] = max(peak[0], rss), max(peak[1], pss)
                 time.sleep(0.2)
 
         import threading
@@ -143,7 +149,7 @@ def run_child(cmd: list[str], tree: bool = False) -> tuple[float, int]:
     code = os.waitstatus_to_exitcode(status)
     if code not in (0,):
         sys.exit(f"child failed ({code}): {' '.join(cmd[:3])}...\n{err.decode()[-2000:]}")
-    return dt, int(peak[0]) if tree else usage.ru_maxrss // 1024
+    return dt, (int(peak[0]), int(peak[1])) if tree else usage.ru_maxrss // 1024
 
 
 def ours(lst: Path, tmp: Path, *more: str, tree: bool = False) -> tuple[float, int]:
@@ -263,11 +269,11 @@ def peer_suite(tmp: Path, base: str, names: list[str], latency, args) -> None:
     if args.beam_memory:
         latency.value = 0.0
         n = args.beam_memory
-        seconds, peak = ours_beam(make_list(tmp, base, names, n, "bm"), tmp, tree=True)
-        _, local_peak = ours(make_list(tmp, base, names, n, "lm"), tmp, tree=True)
+        seconds, (rss, pss) = ours_beam(make_list(tmp, base, names, n, "bm"), tmp, tree=True)
+        local_seconds, (local_rss, local_pss) = ours(make_list(tmp, base, names, n, "lm"), tmp, tree=True)
         print(
-            f"peak RSS, all processes summed, {n} URLs: ours beam {peak} MiB ({seconds:.0f}s), "
-            f"ours local {local_peak} MiB (target: beam < 2048 MiB)"
+            f"peak memory, all processes summed, {n} URLs: ours beam RSS {rss} MiB, PSS {pss} MiB ({seconds:.0f}s); "
+            f"ours local RSS {local_rss} MiB, PSS {local_pss} MiB ({local_seconds:.0f}s) (target: beam < 2048 MiB)"
         )
 
 

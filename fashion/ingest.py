@@ -100,7 +100,8 @@ class Ingest:
             return done
         part = self._plan(existing, parsed, fp)
 
-        records.load_tensorflow()  # ~2 s: before the clock and the progress bar start
+        if self.cfg.engine == "local":  # (Beam's workers write without TensorFlow; the driver writes no record)
+            records.load_tensorflow()  # ~2 s: before the clock and the progress bar start
         started = time.perf_counter()
         interrupted = False
         try:

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from . import outlock
+from . import outlock, tfrecord_lite
 from .errors import EXIT_FAILURES, EXIT_FATAL, EXIT_OK
 from .fileio import sha256_file
 
@@ -62,30 +62,25 @@ def shard_name(split: str, index: int, total: int, part: str = "") -> str:
     return f"{split}{tag}-{index:05d}-of-{total:05d}.tfrecord"
 
 
+# Beam's workers write shards without loading TensorFlow (tfrecord_lite: the same bytes, ~690 MB less
+# per process); everything else uses TensorFlow, which it has loaded anyway.
+_LITE = False
+
+
+def write_without_tensorflow() -> None:
+    """From here on, this process builds and frames records without importing TensorFlow."""
+    global _LITE
+    _LITE = True
+
+
 def make_example(image: bytes, *, id: str, source: str, height: int, width: int, labels: Iterable[int]) -> bytes:
     """Serialize one image and its multi-hot labels as a `tf.train.Example`."""
-    tf = _tf()
-    feat = tf.train.Feature
-
-    def b(v: bytes) -> Any:
-        return feat(bytes_list=tf.train.BytesList(value=[v]))
-
-    def i(v: Iterable[int]) -> Any:
-        return feat(int64_list=tf.train.Int64List(value=list(v)))
-
-    ex = tf.train.Example(
-        features=tf.train.Features(
-            feature={
-                F_IMAGE: b(image),
-                F_FORMAT: b(b"jpeg"),
-                F_ID: b(id.encode("utf-8")),
-                F_SOURCE: b(source.encode("utf-8")),
-                F_HEIGHT: i([height]),
-                F_WIDTH: i([width]),
-                F_LABELS: i(labels),
-            }
-        )
-    )
+    ex = tfrecord_lite.example_type(_LITE)()
+    feature = ex.features.feature
+    for key, value in ((F_IMAGE, image), (F_FORMAT, b"jpeg"), (F_ID, id.encode()), (F_SOURCE, source.encode())):
+        feature[key].bytes_list.value.append(value)
+    for key, values in ((F_HEIGHT, [height]), (F_WIDTH, [width]), (F_LABELS, labels)):
+        feature[key].int64_list.value.extend(int(v) for v in values)
     return ex.SerializeToString(deterministic=True)  # map order fixed: the same bytes from any process
 
 
@@ -103,6 +98,15 @@ class ShardResult:
 SHARD_TMP_GLOB = ".*.tfrecord.tmp"
 
 
+def _record_writer(path: str) -> Any:
+    if _LITE:
+        try:
+            return tfrecord_lite.RecordWriter(path)
+        except tfrecord_lite.Unavailable:
+            pass
+    return _tf().io.TFRecordWriter(path)
+
+
 def shard_tmp_name(name: str) -> str:
     return f".{name}.tmp"
 
@@ -115,7 +119,7 @@ class ShardWriter:
         self.tmp = folder / shard_tmp_name(name)
         self.result = ShardResult(name, positives=[0] * n_labels)
         self.written = 0  # bytes passed to the writer: a full disk's message estimates from them
-        self._w = _tf().io.TFRecordWriter(str(self.tmp))
+        self._w = _record_writer(str(self.tmp))
 
     def write(self, serialized: bytes, labels: Iterable[int]) -> None:
         self._w.write(serialized)

@@ -180,3 +180,30 @@ def test_a_failed_worker_is_named_by_its_last_error_line():
     )
     prism = RuntimeError("Unable to fetch remote prism binary at https://github.com/apache/beam/releases/x.zip: no DNS")
     assert "--prism_location=PATH" in beam_ingest.runner_problem(prism)
+
+
+def test_records_written_without_tensorflow_are_tensorflows_bytes(tmp_path):
+    """Beam's workers write shards without importing TensorFlow (tfrecord_lite): the bytes must be those
+    tf.train.Example and tf.io.TFRecordWriter write, and TensorFlow must really stay out of that process."""
+    rows = [(photo, f"id-{i}", f"http://h/é{i}.jpg", 30 + i, 40 - i, [i % 2, 1, 0]) for i, photo in
+            enumerate([b"\xff\xd8 jpeg bytes", b"", b"\x00" * 1000])]  # fmt: skip
+    script = f"""
+import sys
+from pathlib import Path
+from fashion import records
+records.write_without_tensorflow()
+w = records.ShardWriter(Path({str(tmp_path)!r}), "lite.tfrecord", 3)
+for image, id, source, h, wd, labels in {rows!r}:
+    w.write(records.make_example(image, id=id, source=source, height=h, width=wd, labels=labels), labels)
+w.close()
+print("tensorflow" in sys.modules)
+"""
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert proc.returncode == 0 and proc.stdout.strip() == "False", proc.stderr  # written, TensorFlow never loaded
+    w = records.ShardWriter(tmp_path, "tf.tfrecord", 3)  # this process: TensorFlow's writer and Example
+    for image, id, source, h, wd, labels in rows:
+        w.write(records.make_example(image, id=id, source=source, height=h, width=wd, labels=labels), labels)
+    w.close()
+    assert (tmp_path / "lite.tfrecord").read_bytes() == (tmp_path / "tf.tfrecord").read_bytes()
+    back = list(records.iter_records([tmp_path / "lite.tfrecord"]))
+    assert [r["id"] for r in back] == ["id-0", "id-1", "id-2"]
