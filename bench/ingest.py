@@ -35,6 +35,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from datetime import date
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -132,19 +133,18 @@ def run_child(cmd: list[str], tree: bool = False) -> tuple[float, Any]:
     t = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=ROOT)
     peak = [0.0, 0.0]
+    done = threading.Event()
     if tree:
 
-        def sample() -> None:
-            while proc.poll() is None:
+        def sample() -> None:  # (not proc.poll(): it would reap the child before wait4 below)
+            while not done.wait(0.2):
                 rss, pss = tree_memory_mib(proc.pid)
                 peak[:] = max(peak[0], rss), max(peak[1], pss)
-                time.sleep(0.2)
-
-        import threading
 
         threading.Thread(target=sample, daemon=True).start()
     err = proc.stderr.read()
     _, status, usage = os.wait4(proc.pid, 0)
+    done.set()
     dt = time.perf_counter() - t
     code = os.waitstatus_to_exitcode(status)
     if code not in (0,):
@@ -162,6 +162,11 @@ def ours_beam(lst: Path, tmp: Path, tree: bool = False) -> tuple[float, int]:
     """The same through `--engine beam` (FnApiRunner, one worker process per core). Shards of 256 so that
     a list of 1,250 gives every worker several shards (Beam spreads shards, not images)."""
     return ours(lst, tmp, "--engine", "beam", "--shard-size", "256", tree=tree)
+
+
+def ours_beam_threads(lst: Path, tmp: Path) -> tuple[float, int]:
+    """`--engine beam` with Beam's threads instead of processes (FnApiRunner, one worker thread per core)."""
+    return ours(lst, tmp, "--engine", "beam", "--shard-size", "256", "--", "--direct_running_mode=multi_threading")
 
 
 I2D = {"python": "", "processes": 2, "threads": 32}  # set from the command line
@@ -250,21 +255,23 @@ def peer_suite(tmp: Path, base: str, names: list[str], latency, args) -> None:
     engines = [("ours local", ours), ("ours beam", ours_beam)]
     if I2D["python"]:
         engines.append((f"img2dataset {I2D['processes']}x{I2D['threads']}", img2dataset))
+    if args.beam_threads:
+        engines.append(("ours beam threads", ours_beam_threads))
     table = []
     for lat in (args.latency, 0.0):
         latency.value = lat
-        rates = {
-            name: marginal(fn, tmp, base, names, n1, n2, name.split()[0] + name.split()[1][:2]) for name, fn in engines
-        }
+        rates = {name: marginal(fn, tmp, base, names, n1, n2, name.replace(" ", "")[:16]) for name, fn in engines}
         table.append((lat, rates))
     print(f"\nmarginal img/s between {n1} and {n2} URLs, best of 2 runs each")
     print(f"{'latency':>8} " + " ".join(f"{name:>22}" for name, _ in engines) + "   ratios")
     for lat, rates in table:
         a, b = rates["ours local"], rates["ours beam"]
         ratios = f"beam/local {b / a:.2f}"
-        if len(engines) > 2:
+        if I2D["python"]:
             c = rates[engines[2][0]]
             ratios = f"local/img2dataset {a / c:.2f}, beam/img2dataset {b / c:.2f}, " + ratios
+        if args.beam_threads:
+            ratios += f", beam threads/processes {rates['ours beam threads'] / b:.2f}"
         print(f"{lat * 1000:>6.0f}ms " + " ".join(f"{rates[n]:22.1f}" for n, _ in engines) + "   " + ratios)
     if args.beam_memory:
         latency.value = 0.0
@@ -322,6 +329,7 @@ def main() -> None:
     )
     ap.add_argument("--i2d-processes", type=int, default=2, help="img2dataset processes_count")
     ap.add_argument("--i2d-threads", type=int, default=32, help="img2dataset thread_count")
+    ap.add_argument("--beam-threads", action="store_true", help="also Beam with threads instead of processes")
     ap.add_argument("--beam-memory", type=int, default=20000, help="URLs for the Beam peak-memory check (0: skip)")
     ap.add_argument("--as-reference", nargs=2, help=argparse.SUPPRESS)
     ap.add_argument("--as-local", help=argparse.SUPPRESS)
