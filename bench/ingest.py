@@ -19,7 +19,8 @@ TensorFlow import cancel out. Each run gets fresh URLs (no cache hits).
       on all cores, no network, nothing written; also with the half-scale JPEG decode ours uses
   memory: peak RSS of (a) for two list sizes (flat = streaming)
 
-Peer suite (issue #14), marginal rates between 250 and 2,500 URLs at 50 ms and 0 ms latency:
+Peer suite (issue #14), marginal rates between 250 and 2,500 URLs at 50 ms and 0 ms latency, the
+engines interleaved over --rounds rounds (median rate, and median/min/max of each round's ratio):
   ours local (`generate_dataset.py`), ours beam (`--engine beam`: Beam's FnApiRunner, one worker
   process per core), img2dataset (its multiprocessing distributor, `--i2d-processes` x `--i2d-threads`,
   TFRecord output of 256 px center crops at q95: bench/img2dataset_ref.py, in a side environment);
@@ -32,6 +33,7 @@ import argparse
 import io
 import multiprocessing as mp
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -260,19 +262,30 @@ def peer_suite(tmp: Path, base: str, names: list[str], latency, args) -> None:
     table = []
     for lat in (args.latency, 0.0):
         latency.value = lat
-        rates = {name: marginal(fn, tmp, base, names, n1, n2, name.replace(" ", "")[:16]) for name, fn in engines}
-        table.append((lat, rates))
-    print(f"\nmarginal img/s between {n1} and {n2} URLs, best of 2 runs each")
-    print(f"{'latency':>8} " + " ".join(f"{name:>22}" for name, _ in engines) + "   ratios")
-    for lat, rates in table:
-        a, b = rates["ours local"], rates["ours beam"]
-        ratios = f"beam/local {b / a:.2f}"
-        if I2D["python"]:
-            c = rates[engines[2][0]]
-            ratios = f"local/img2dataset {a / c:.2f}, beam/img2dataset {b / c:.2f}, " + ratios
-        if args.beam_threads:
-            ratios += f", beam threads/processes {rates['ours beam threads'] / b:.2f}"
-        print(f"{lat * 1000:>6.0f}ms " + " ".join(f"{rates[n]:22.1f}" for n, _ in engines) + "   " + ratios)
+        # Rounds interleave the engines (local, beam, img2dataset, local, ...): this shared machine's speed
+        # drifts by +-25 % over minutes, which would bias whichever engine ran in a slow minute.
+        rounds = [
+            {name: marginal(fn, tmp, base, names, n1, n2, name.replace(" ", "")[:16], reps=1) for name, fn in engines}
+            for _ in range(args.rounds)
+        ]
+        table.append((lat, rounds))
+    print(f"\nmarginal img/s between {n1} and {n2} URLs: median of {args.rounds} interleaved rounds")
+    print(
+        f"{'latency':>8} " + " ".join(f"{name:>22}" for name, _ in engines) + "   ratios: median (min-max) over rounds"
+    )
+    pairs = [("beam/local", "ours beam", "ours local")]  # (label, numerator, denominator)
+    if I2D["python"]:
+        i2d = engines[2][0]
+        pairs = [("local/img2dataset", "ours local", i2d), ("beam/img2dataset", "ours beam", i2d), *pairs]
+    if args.beam_threads:
+        pairs.append(("beam threads/processes", "ours beam threads", "ours beam"))
+    for lat, rounds in table:
+        rates = {n: statistics.median(r[n] for r in rounds) for n, _ in engines}
+        ratios = []
+        for label, a, b in pairs:
+            each = sorted(r[a] / r[b] for r in rounds)
+            ratios.append(f"{label} {statistics.median(each):.2f} ({each[0]:.2f}-{each[-1]:.2f})")
+        print(f"{lat * 1000:>6.0f}ms " + " ".join(f"{rates[n]:22.1f}" for n, _ in engines) + "   " + ", ".join(ratios))
     if args.beam_memory:
         latency.value = 0.0
         n = args.beam_memory
@@ -329,6 +342,7 @@ def main() -> None:
     )
     ap.add_argument("--i2d-processes", type=int, default=2, help="img2dataset processes_count")
     ap.add_argument("--i2d-threads", type=int, default=32, help="img2dataset thread_count")
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds per latency (peer suite)")
     ap.add_argument("--beam-threads", action="store_true", help="also Beam with threads instead of processes")
     ap.add_argument("--beam-memory", type=int, default=20000, help="URLs for the Beam peak-memory check (0: skip)")
     ap.add_argument("--as-reference", nargs=2, help=argparse.SUPPRESS)
