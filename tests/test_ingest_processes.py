@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from test_faults_fetch import LABELS, failures, good_rows, record_ids, run, start, wait_for
 
 N = 80  # above the 64 images from which the local engine starts worker processes
