@@ -1,0 +1,25 @@
+"""One config object per command: defaults -> `--config FILE.yaml` -> command-line flags.
+
+Every option is declared once, here: a field made with `opt` carries its default, help, argument
+group, choices and metavar; options.build_parser makes the command's parser from the class, and
+`validate` holds the checks that need neither data nor TensorFlow. Field names match the flags;
+fields are in --help order.
+
+One module per command (ingest; train; bundle: detect and evaluate) over a shared base.
+"""
+
+from .base import DEFAULT_CACHE, DEFAULT_LIST, DEFAULT_RECORDS, default_workers
+from .bundle import DetectConfig, EvaluateConfig
+from .ingest import IngestConfig
+from .train import TrainConfig
+
+__all__ = [
+    "DEFAULT_CACHE",
+    "DEFAULT_LIST",
+    "DEFAULT_RECORDS",
+    "DetectConfig",
+    "EvaluateConfig",
+    "IngestConfig",
+    "TrainConfig",
+    "default_workers",
+]
