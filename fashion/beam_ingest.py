@@ -143,7 +143,7 @@ def write_shards(
 
     plans_file = partial / PLANS
     plans_file.write_text("".join(plan_line(p) + "\n" for p in todo), encoding="utf-8")
-    # Beam's own INFO off the console (the workers' TensorFlow start-up lines are quiet.py's job)
+    # Beam's own INFO off the console (the workers' start-up lines are quiet.py's job)
     logging.getLogger("apache_beam").setLevel(logging.WARNING)
     # it warns that direct_num_workers > 1 wants --direct_running_mode, which would replace our workers
     logging.getLogger("apache_beam.runners.portability.fn_api_runner.fn_runner").setLevel(logging.ERROR)
