@@ -88,8 +88,8 @@ def _serve(cfg: IngestConfig, threads: int, inbox: Any, outbox: Any, parent: int
 class Processes:
     """`processes` workers (`_serve`) sharing `cfg.workers` download threads; `map` gives results in order.
 
-    Every item goes to the worker with the fewest in flight, so the parent knows whose items a dead
-    worker took: they become failures naming it, and a new worker takes its place. Every wait has a
+    Every item goes to the worker with the fewest in flight, and the parent records which, so the items
+    a dead worker held become failures naming it, and a new worker takes its place. Every wait has a
     deadline (a 1 s poll that checks the workers are alive)."""
 
     def __init__(self, cfg: IngestConfig, processes: int):
@@ -99,7 +99,6 @@ class Processes:
         self.outbox = self.ctx.Queue()
         self.procs: list[Any] = [None] * processes
         self.inboxes: list[Any] = [None] * processes
-        self.owner: dict[int, int] = {}  # seq -> worker, for the items in flight
         self.load = [0] * processes  # items in flight per worker
         self.warned: set[str] = set()
         # Started with Ctrl-C ignored, which they inherit from birth: a Ctrl-C at the terminal reaches the
@@ -117,7 +116,7 @@ class Processes:
 
     def map(self, items: Iterable[Item]) -> Iterator[Result]:
         window = self.cfg.workers * 4
-        source, pending, done = iter(items), {}, {}  # seq -> item sent; seq -> prepared
+        source, pending, done = iter(items), {}, {}  # seq -> (item, its worker) in flight; seq -> prepared
         sent = itertools.count()
         next_out, exhausted = 0, False
         while True:
@@ -128,7 +127,7 @@ class Processes:
                     break
                 seq = next(sent)
                 k = min(range(len(self.procs)), key=self.load.__getitem__)
-                pending[seq], self.owner[seq] = item, k
+                pending[seq] = item, k
                 self.load[k] += 1
                 self.inboxes[k].put((seq, item))
             if next_out in done:
@@ -145,11 +144,10 @@ class Processes:
             if seq < 0:
                 self._warn(prepared)
             elif seq in pending:
-                del pending[seq]
-                self.load[self.owner.pop(seq)] -= 1
+                self.load[pending.pop(seq)[1]] -= 1
                 done[seq] = prepared
 
-    def _replace_dead(self, pending: dict[int, Item], done: dict[int, Prepared]) -> None:
+    def _replace_dead(self, pending: dict[int, tuple[Item, int]], done: dict[int, Prepared]) -> None:
         for k, proc in enumerate(self.procs):
             if proc.is_alive():
                 continue
@@ -157,9 +155,8 @@ class Processes:
             how = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"
             how += ": out of memory?" if code == -signal.SIGKILL else ""  # what the kernel's OOM killer sends
             why = f"the worker process fetching and decoding it died ({how})"
-            for seq in [s for s, o in self.owner.items() if o == k]:
-                item = pending.pop(seq)
-                del self.owner[seq]
+            for seq in [s for s, (_, o) in pending.items() if o == k]:
+                item, _ = pending.pop(seq)
                 self.load[k] -= 1
                 done[seq] = (item, None, Failure(item.id, item.source, f"error: {why}", item.line))
             with _sigint_ignored():
