@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 .PHONY: help demo test test-fast lint bench-ingest clean
 
 help:
-	@echo "make demo      - set up .venv, ingest the shipped sample (data/sample) into data/records, verify it,"
+	@echo "make demo      - set up .venv, ingest the demo sample (data/demo) into data/records, verify it,"
 	@echo "                 train on CPU from the shipped trunk (configs/demo.yaml; model_save/demo-*/, log/demo-*/),"
 	@echo "                 evaluate (report/demo-*/index.html), detect one sample photo, print the next commands"
 	@echo "make test      - set up .venv and run the whole test suite (what CI runs)"
@@ -28,11 +28,11 @@ $(STAMP): pyproject.toml
 # weights; configs/demo.yaml says the recipe and its cost), evaluate, detect one photo, say what next.
 DEMO_RUN ?= demo-$(shell date +%Y%m%d-%H%M%S)
 demo: $(STAMP)
-	$(PY) generate_dataset.py data/sample/train+val.txt --labels data/sample/labels.txt --out data/records --config configs/demo-data.yaml
+	$(PY) generate_dataset.py data/demo/train+val.txt --labels data/demo/labels.txt --out data/records --config configs/demo-data.yaml
 	$(PY) generate_dataset.py --verify data/records
 	$(PY) train.py --config configs/demo.yaml --data data/records --run $(DEMO_RUN)
 	$(PY) evaluate.py --model model_save/$(DEMO_RUN) --data data/records --out report/$(DEMO_RUN)
-	$(PY) detect.py data/sample/photos/0491.jpg --model model_save/$(DEMO_RUN)
+	$(PY) detect.py data/demo/photos/0139.jpg --model model_save/$(DEMO_RUN)
 	@echo
 	@echo "The demo made: data/records (the dataset), model_save/$(DEMO_RUN) (the model bundle),"
 	@echo "log/$(DEMO_RUN) (history.csv, TensorBoard: .venv/bin/tensorboard --logdir log) and"

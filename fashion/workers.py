@@ -9,6 +9,7 @@ Tiny jobs run on threads in one process.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import itertools
 import multiprocessing
@@ -79,10 +80,12 @@ def _serve(cfg: IngestConfig, threads: int, inbox: Any, outbox: Any, parent: int
     _watch_parent(parent)
     fetcher = make_fetcher(cfg, warn=lambda message: outbox.put((-1, message)))
     prepare = make_prepare(cfg, fetcher)
-    pool = ThreadPool(threads)
+    # ThreadPoolExecutor, not multiprocessing's ThreadPool: that one makes semaphores, which a worker
+    # ended by SIGTERM cannot release ("resource_tracker: ... leaked semaphore objects" at exit)
+    pool = concurrent.futures.ThreadPoolExecutor(threads)
     while True:
         seq, item = inbox.get()
-        pool.apply_async(prepare, (item,), callback=lambda p, seq=seq: outbox.put((seq, p)))
+        pool.submit(prepare, item).add_done_callback(lambda done, seq=seq: outbox.put((seq, done.result())))
 
 
 class Processes:

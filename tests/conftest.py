@@ -27,6 +27,8 @@ NOISE = (
     "Could not find cuda drivers",
     "cuInit",
     "cpu_feature_guard",
+    "Warning: ",  # Python's warnings (UserWarning: resource_tracker: ... leaked semaphore objects)
+    "Traceback (most recent call last)",
 )
 
 

@@ -9,16 +9,17 @@ import json
 import numpy as np
 import pytest
 
-from conftest import ROOT, SAMPLE, noise_in, run
+from conftest import ROOT, noise_in, run
 from fashion import model as model_lib
 from fashion.cli import train_main
 
 SHIPPED = ROOT / "data" / "pretrained" / "densenet121-clothing.weights.h5"
+DEMO = ROOT / "data" / "demo"
 
 
 @pytest.mark.slow
 def test_demo_learns_more_than_the_baselines_and_prints_no_noise(tmp_path):
-    """configs/demo-data.yaml + configs/demo.yaml on data/sample, the commands as make demo runs them."""
+    """configs/demo-data.yaml + configs/demo.yaml on data/demo, the commands as make demo runs them."""
     out, models = tmp_path / "records", tmp_path / "model_save"
     where = ["--model-save", str(models), "--log", str(tmp_path / "log")]
     steps = [
@@ -26,12 +27,12 @@ def test_demo_learns_more_than_the_baselines_and_prints_no_noise(tmp_path):
         ["train.py", "--help"],
         ["detect.py", "--help"],
         ["evaluate.py", "--help"],
-        ["generate_dataset.py", str(SAMPLE / "train+val.txt"), "--labels", str(SAMPLE / "labels.txt")]
+        ["generate_dataset.py", str(DEMO / "train+val.txt"), "--labels", str(DEMO / "labels.txt")]
         + ["--out", str(out), "--config", "configs/demo-data.yaml", "--cache", ""],
         ["generate_dataset.py", "--verify", str(out)],
         ["train.py", "--config", "configs/demo.yaml", "--data", str(out), "--run", "demo", *where],
         ["evaluate.py", "--model", str(models / "demo"), "--data", str(out), "--out", str(tmp_path / "report")],
-        ["detect.py", str(SAMPLE / "photos" / "0491.jpg"), "--model", str(models / "demo")],
+        ["detect.py", str(DEMO / "photos" / "0139.jpg"), "--model", str(models / "demo")],
     ]
     for args in steps:
         p = run(args)
@@ -40,10 +41,10 @@ def test_demo_learns_more_than_the_baselines_and_prints_no_noise(tmp_path):
         assert p.stdout.strip() or args[0] == "generate_dataset.py", args  # the commands' own output arrives
     v = json.loads((models / "demo" / "meta.json").read_text())["validation"]
     b = v["baselines"]
-    # mAP: the ranking is learned (measured 0.37 against 0.23 for class priors)
+    # measured on the 74 validation photos: mAP 0.91 against 0.16 for class priors; sample-F2 with
+    # thresholds tuned on the other half (honest) 0.84 against 0.56 for the best constant label set
     assert v["mAP"] >= b["prior"]["mAP"] + 0.10, v
-    # sample-F2 on 40 photos: thresholds tuned on the other half only tie the constant label set here
-    assert v["f2_samples_tuned_crossfit"] >= b["constant"]["f2_samples"] - 0.01, v
+    assert v["f2_samples_tuned_crossfit"] >= b["constant"]["f2_samples"] + 0.10, v
     assert (tmp_path / "report" / "index.html").is_file()
 
 
