@@ -433,5 +433,10 @@ class Trainer:
             },
             "config": cfg.to_dict(),
             "command": self.command,
+            **(
+                {"cluster": {"workers": list(self.cluster.addresses), "from": self.cluster.source}}
+                if self.cluster
+                else {}
+            ),
             "created": datetime.now().isoformat(timespec="seconds"),
         }

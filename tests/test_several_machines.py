@@ -211,15 +211,27 @@ def test_a_killed_worker_stops_the_other_and_resume_finishes_with_one_bundle(dat
     assert (run / "last.keras").is_file() and not (run / "model.keras").exists()
     left_by_the_killed = set((tmp_path / "tmp").glob("fashion-worker*"))
 
-    procs = [
-        start(train_args(dataset, tmp_path, workers, i, "--epochs", "4", "--resume"), logs[i], tmp) for i in range(2)
+    # the rerun as a cluster manager starts it, no --workers: worker 0 from Keras' KERAS_DISTRIBUTION_*
+    # variables, worker 1 from a TF_CONFIG (chief = the coordinator)
+    first, second = workers.split(",")
+    envs = [
+        {cluster.ENV_ADDRESSES: workers, cluster.ENV_COUNT: "2", cluster.ENV_INDEX: "0"},
+        {
+            "TF_CONFIG": json.dumps(
+                {"cluster": {"chief": [first], "worker": [second]}, "task": {"type": "worker", "index": 0}}
+            )
+        },
     ]
+    again = train_args(dataset, tmp_path, workers, 0, "--epochs", "4", "--resume")
+    again = again[: again.index("--workers")] + again[again.index("--worker-index") + 2 :]
+    procs = [start(again, logs[i], {**tmp, **envs[i]}) for i in range(2)]
     for i, p in enumerate(procs):
         assert p.wait(timeout=600) == 0, logs[i].read_text()[-3000:]
     assert "resuming r: stage 1/1, after epoch" in logs[1].read_text()
     assert "writes the bundle" in logs[1].read_text() and "bundle:" in logs[0].read_text()
     meta = json.loads((run / "meta.json").read_text())
-    assert meta["config"]["backend"] == "jax" and meta["config"]["worker_index"] == 0
+    assert meta["config"]["backend"] == "jax" and meta["config"]["worker_index"] is None  # from the environment
+    assert meta["cluster"] == {"workers": workers.split(","), "from": cluster.ENV_ADDRESSES}
     assert sorted(p.name for p in run.iterdir()) == [
         "best.keras",
         "last.keras",

@@ -18,7 +18,7 @@ import numpy as np
 
 HEAD_PREFIX = "head_"  # every head layer's name starts with it; the rest of the model is trunk
 INPUT_NOTE = "uint8 RGB, resized/cropped square; the model normalises inside"
-RUN_FIELDS = ("dataset", "config", "command", "created")  # meta.json's closing fields, the same for every task
+RUN_FIELDS = ("dataset", "config", "command", "created", "cluster")  # meta.json's closing fields, every task's
 
 
 def slug(label: str) -> str:
@@ -197,7 +197,7 @@ class Task:
 
 
 def run_fields(run: dict[str, Any]) -> dict[str, Any]:
-    return {k: run[k] for k in RUN_FIELDS}
+    return {k: run[k] for k in RUN_FIELDS if k in run}  # "cluster": only when trained on several processes
 
 
 def fmt(v) -> str:
