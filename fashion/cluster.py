@@ -151,19 +151,31 @@ DONE = "done"
 
 def leave(code: int) -> None:
     """The end of a run on several processes: wait until every worker is here (worker 0 writes the bundle
-    first), then leave without JAX's shutdown, whose RPC to a coordinator that already left would abort."""
+    first), worker 0 last, without JAX's shutdown, whose RPC to a coordinator that already left would abort."""
     if _current is None:
         return
     global _on_lost
     _on_lost = None
     with contextlib.suppress(Exception):
-        _client().wait_at_barrier("fashion/end", END_WAIT_S * 1000)
+        client = _client()
+        client.wait_at_barrier("fashion/end", END_WAIT_S * 1000)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        # The coordination service lives in worker 0: it leaves last, or another worker's error poller sees
+        # it gone before that worker's own exit and aborts it (exit 134 after a finished run, seen under load).
+        if _current.index == 0:
+            for i in range(1, _current.size):
+                client.blocking_key_value_get(f"fashion/left/{i}", 10_000)  # they are past the barrier: quick
+            time.sleep(LEAVE_GRACE_S)  # from their "left" to their exit there is only an _exit
+        else:
+            client.key_value_set(f"fashion/left/{_current.index}", DONE)
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
 
 
 END_WAIT_S = 1800  # how long the others wait at the end for worker 0 to write the bundle
+LEAVE_GRACE_S = 1.0  # at the very end, how long worker 0 gives the others to be gone
 BEAT_S = 2.0  # how often each worker stamps the coordinator's key-value store
 STALE_S = 60.0  # a worker whose stamp is older is hung: the others stop (a step or a save never takes this long
 # without the stamping thread running: JAX and Keras release the GIL while they compute or write)

@@ -28,7 +28,6 @@ NOISE = (
     "cuInit",
     "cpu_feature_guard",
     "Warning: ",  # Python's warnings (UserWarning: resource_tracker: ... leaked semaphore objects)
-    "Traceback (most recent call last)",
 )
 
 

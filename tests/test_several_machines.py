@@ -127,7 +127,7 @@ def train(batch):
     m.compile(optimizer=make_optimizer(TrainConfig(optimizer="sgd"), 0.05),
               loss={n: losses.HeadLoss("bce") for n in names},
               loss_weights={n: 1.0 + k for k, n in enumerate(names)}, jit_compile=True)
-    m.fit(ds, epochs=1, verbose=0)
+    m.fit(ds, epochs=1, verbose=0, shuffle=False)
     return [np.asarray(v) for v in m.trainable_weights]
 
 if shard:  # worker i: batch 4, its half
