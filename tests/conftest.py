@@ -31,6 +31,13 @@ NOISE = (
 )
 
 
+def pytest_collection_modifyitems(config, items):
+    """The slow tests first (file order kept within each group): the two test processes of `make test`
+    take the long trainings one by one from the start and the quick tests fill the gaps at the end,
+    instead of one process finishing a 5-minute test alone while the other idles."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
 def run(args: list[str], env: dict[str, str] | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
     """A command as its own process (python ARGS), from the repository root."""
     return subprocess.run(
