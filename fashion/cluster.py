@@ -156,11 +156,11 @@ def leave(code: int) -> None:
         return
     global _on_lost
     _on_lost = None
+    sys.stdout.flush()  # everything this process says is said: from "left" on, only _exit may follow
+    sys.stderr.flush()
     with contextlib.suppress(Exception):
         client = _client()
         client.wait_at_barrier("fashion/end", END_WAIT_S * 1000)
-        sys.stdout.flush()
-        sys.stderr.flush()
         # The coordination service lives in worker 0: it leaves last, or another worker's error poller sees
         # it gone before that worker's own exit and aborts it (exit 134 after a finished run, seen under load).
         if _current.index == 0:
@@ -169,8 +169,6 @@ def leave(code: int) -> None:
             time.sleep(LEAVE_GRACE_S)  # from their "left" to their exit there is only an _exit
         else:
             client.key_value_set(f"fashion/left/{_current.index}", DONE)
-    sys.stdout.flush()
-    sys.stderr.flush()
     os._exit(code)
 
 

@@ -161,7 +161,8 @@ def test_two_processes_train_like_one_with_the_summed_batch(dataset, tmp_path):
     assert other > 1e-3, f"batch 4 on one process must differ, or the check cannot fail: {other}"
 
 
-def train_args(dataset, tmp_path, workers: str, i: int, *extra: str) -> list[str]:
+def train_args(dataset, tmp_path, *extra: str) -> list[str]:
+    """train.py's tiny run, written into tmp_path; the cluster options (or environment) come on top."""
     return [
         "train.py",
         "--data",
@@ -175,10 +176,6 @@ def train_args(dataset, tmp_path, workers: str, i: int, *extra: str) -> list[str
         str(tmp_path / "logs"),
         "--run",
         "r",
-        "--workers",
-        workers,
-        "--worker-index",
-        str(i),
         *extra,
     ]
 
@@ -192,7 +189,8 @@ def test_a_killed_worker_stops_the_other_and_resume_finishes_with_one_bundle(dat
     tmp = {"TMPDIR": str(tmp_path / "tmp")}  # where worker 1 keeps its private checkpoints
     (tmp_path / "tmp").mkdir()
     logs = [tmp_path / "w0", tmp_path / "w1"]
-    procs = [start(train_args(dataset, tmp_path, workers, i, "--epochs", "4"), logs[i], tmp) for i in range(2)]
+    cluster_options = [["--workers", workers, "--worker-index", str(i)] for i in range(2)]
+    procs = [start(train_args(dataset, tmp_path, "--epochs", "4", *cluster_options[i]), logs[i], tmp) for i in range(2)]
     try:
         wait_for(logs[1], "epoch 1:", 400, procs[1])
         procs[1].send_signal(signal.SIGKILL)
@@ -222,8 +220,7 @@ def test_a_killed_worker_stops_the_other_and_resume_finishes_with_one_bundle(dat
             )
         },
     ]
-    again = train_args(dataset, tmp_path, workers, 0, "--epochs", "4", "--resume")
-    again = again[: again.index("--workers")] + again[again.index("--worker-index") + 2 :]
+    again = train_args(dataset, tmp_path, "--epochs", "4", "--resume")
     procs = [start(again, logs[i], {**tmp, **envs[i]}) for i in range(2)]
     for i, p in enumerate(procs):
         assert p.wait(timeout=600) == 0, logs[i].read_text()[-3000:]
