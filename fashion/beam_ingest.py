@@ -13,7 +13,9 @@ plans the shards exactly as the local engine does; this module hands the unfinis
 
 The job then writes failures.csv, index.csv and dataset.json last, as for the local engine, so a
 pipeline that dies leaves no folder that looks complete and a rerun redoes only unfinished shards.
-Workers need OUT and the cache on a filesystem they all see (local here; a shared mount on a cluster).
+Workers need OUT and the cache on a filesystem they all see: a shared mount, or any filesystem Beam
+supports (`--out gs://BUCKET/DIR`, `s3://...`: storage.RemotePath, through Beam's FileSystems, which
+take the options after `--`, e.g. --s3_endpoint_url, --s3_region_name, --project).
 
 With no runner given, the pipeline runs on Beam's FnApiRunner (the DirectRunner's batch engine) with one
 worker process per core: it needs no network (the Prism runner downloads a binary at run time; pass
@@ -36,13 +38,14 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from . import quiet, records, workers
+from . import quiet, records, storage, workers
 from .config import IngestConfig
 from .errors import IngestError
 from .shards import ShardPlan, shard_done, write_shard
 from .sources import Item
 
 PLANS = "beam-plans.jsonl"
+WORKER_OPTIONS = "FASHION_BEAM_OPTIONS"  # the pipeline options, for `local_runner`'s workers
 INSTALL = "pip install 'fashion[beam]' (or: pip install 'apache-beam[tfrecord]' google-crc32c)"
 
 
@@ -98,7 +101,8 @@ def _dofn(beam: Any) -> type:
         """One planned shard per element: written (or found finished), its failures on the side output."""
 
         def __init__(self, cfg: IngestConfig, out: str, partial: str, n_labels: int):
-            self.cfg, self.out, self.partial, self.n_labels = cfg, Path(out), Path(partial), n_labels
+            self.cfg, self.n_labels = cfg, n_labels
+            self.out, self.partial = storage.location(out), storage.location(partial)
             self.fetcher = None
             self.images = beam.metrics.Metrics.counter("fashion", "images")
 
@@ -134,7 +138,12 @@ def _count_failure(failure: dict[str, Any]) -> None:
 
 
 def write_shards(
-    cfg: IngestConfig, out: Path, partial: Path, todo: list[ShardPlan], n_labels: int, on_shard: Any
+    cfg: IngestConfig,
+    out: Path | storage.RemotePath,
+    partial: Path | storage.RemotePath,
+    todo: list[ShardPlan],
+    n_labels: int,
+    on_shard: Any,
 ) -> None:
     """Run the pipeline over the unfinished shards `todo`; `on_shard(plan, state)` is called (from a watcher
     thread) as each shard's state file appears, for the progress bar."""
@@ -147,13 +156,18 @@ def write_shards(
     logging.getLogger("apache_beam").setLevel(logging.WARNING)
     # it warns that direct_num_workers > 1 wants --direct_running_mode, which would replace our workers
     logging.getLogger("apache_beam.runners.portability.fn_api_runner.fn_runner").setLevel(logging.ERROR)
+    # a failed worker's traceback, relayed as one log line of many: the job's one error line says it
+    logging.getLogger("apache_beam.runners.portability.local_job_service").setLevel(logging.CRITICAL)
     stop = threading.Event()
     watcher = threading.Thread(target=_watch, args=(out, partial, todo, on_shard, stop), daemon=True)
     watcher.start()
     old_handler = _mute_on_interrupt()
+    args = pipeline_args(cfg.beam_args)
+    runner = None if has_runner(args) else local_runner()
+    old_env = os.environ.get(WORKER_OPTIONS)
+    if runner is not None:  # the local workers read the options (filesystems: endpoints, credentials) from here
+        os.environ[WORKER_OPTIONS] = worker_options(args)
     try:
-        args = pipeline_args(cfg.beam_args)
-        runner = None if has_runner(args) else local_runner()
         with beam.Pipeline(runner=runner, options=PipelineOptions(args)) as p:
             written = (
                 p
@@ -174,11 +188,40 @@ def write_shards(
             f"the Beam pipeline failed ({runner_problem(e)}); finished shards are kept in {out}"
         ) from None
     finally:
+        if runner is not None:
+            _restore_env(WORKER_OPTIONS, old_env)
         if old_handler is not None:
             signal.signal(signal.SIGINT, old_handler)
         stop.set()
         watcher.join(timeout=5)
     plans_file.unlink(missing_ok=True)
+
+
+def worker_options(args: Sequence[str]) -> str:
+    """The pipeline options for `local_runner`'s workers: the FnApiRunner starts them without (an empty
+    PIPELINE_OPTIONS), and Beam's filesystems in a worker would then miss e.g. --s3_endpoint_url."""
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    return json.dumps(PipelineOptions(list(args)).get_all_options(drop_default=True))
+
+
+def _with_our_options(given: str | None, ours: str) -> str:
+    """The SDK harness' PIPELINE_OPTIONS (JSON, urn-keyed or under "options") with ours added where absent."""
+    parsed = json.loads(given) if given else {}
+    extra = json.loads(ours)
+    if "options" in parsed:
+        parsed["options"] = {**extra, **parsed["options"]}
+        return json.dumps(parsed)
+    present = {re.sub(r"^beam:option:(.*):v1$", r"\1", k) for k in parsed}
+    parsed.update({f"beam:option:{k}:v1": v for k, v in extra.items() if k not in present})
+    return json.dumps(parsed)
+
+
+def _restore_env(name: str, value: str | None) -> None:
+    if value is None:
+        os.environ.pop(name, None)
+    else:
+        os.environ[name] = value
 
 
 def _mute_on_interrupt() -> Any:
@@ -214,13 +257,19 @@ def runner_problem(e: Exception) -> str:
     return f"{type(e).__name__}: {text}"
 
 
-def _watch(out: Path, partial: Path, todo: list[ShardPlan], on_shard: Any, stop: threading.Event) -> None:
-    """`on_shard(plan, state)` for each shard of `todo` as it is finished, polling every 0.5 s; once more
-    after `stop`, for the shards finished since the last look."""
+def _watch(out: Any, partial: Any, todo: list[ShardPlan], on_shard: Any, stop: threading.Event) -> None:
+    """`on_shard(plan, state)` for each shard of `todo` as it is finished, polling every 0.5 s (2 s on an
+    object store, where each look is a request); once more after `stop`, for the shards finished since
+    the last look. One listing of .partial/ per look: only shards whose state file is there are read."""
     left, stopped = list(todo), False
+    every = 2.0 if storage.is_remote(out) else 0.5
     while left and not stopped:
-        stopped = stop.wait(0.5)
-        for plan in list(left):
+        stopped = stop.wait(every)
+        try:
+            present = {p.name for p in partial.glob("*.json")}
+        except OSError:  # a store that does not answer this once: look again next time
+            continue
+        for plan in [p for p in left if f"{p.name}.json" in present]:
             state = shard_done(out, partial, plan)
             if state is not None:
                 left.remove(plan)
@@ -231,4 +280,8 @@ if __name__ == "__main__":  # a worker of `local_runner`: Beam's SDK harness, wi
     import runpy
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if os.environ.get(WORKER_OPTIONS):
+        os.environ["PIPELINE_OPTIONS"] = _with_our_options(
+            os.environ.get("PIPELINE_OPTIONS"), os.environ[WORKER_OPTIONS]
+        )
     runpy.run_module("apache_beam.runners.worker.sdk_worker_main", run_name="__main__", alter_sys=True)

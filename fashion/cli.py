@@ -44,7 +44,12 @@ def _argv(argv: list[str] | None) -> list[str]:
 
 
 def _verify_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--verify", metavar="DIR", help="check an existing dataset (CRC, decoding, counts, sha256) and exit")
+    p.add_argument(
+        "--verify",
+        metavar="DIR",
+        help="check an existing dataset (CRC, decoding, counts, sha256) and exit; a remote DIR (s3://, gs://) "
+        "is copied to a local temporary folder first",
+    )
 
 
 def ingest_parser() -> argparse.ArgumentParser:
@@ -90,7 +95,7 @@ def generate_dataset_main(argv: list[str] | None = None) -> int:
         from . import ingest  # heavy imports only after --help has been served
 
         if args.get("verify"):
-            code = ingest.verify(args["verify"])
+            code = _fatal((FashionError, OSError), lambda: ingest.verify_dataset(args["verify"], beam_args))
         else:
             code = _fatal(
                 (FashionError, ValueError, OSError),

@@ -34,8 +34,9 @@ from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 from urllib3.util.timeout import Timeout
 
-from .fileio import atomic_path
+from .fileio import atomic_write_bytes
 from .imaging import sniff
+from .storage import RemotePath, location
 
 USER_AGENT = "fashion-generate-dataset/0.1 (+requests)"
 RETRY_STATUS = (429, 500, 502, 503, 504)
@@ -174,8 +175,9 @@ class Fetcher:
         self._lock = threading.Lock()
         self._cancel = threading.Event()
         self._warn = warn
-        self._dirs: set[Path] = set()
-        self.cache_dir = Path(cache_dir) if cache_dir else None
+        self._dirs: set[Path | RemotePath] = set()
+        # a local folder, or on any filesystem Beam supports (s3://, gs://: --engine beam's workers share it)
+        self.cache_dir = location(cache_dir) if cache_dir else None
         if self.cache_dir:
             try:
                 self.cache_dir.mkdir(parents=True, exist_ok=True)
@@ -187,7 +189,7 @@ class Fetcher:
         self._cancel.set()
         self.session.close()
 
-    def cache_path(self, url: str) -> Path | None:
+    def cache_path(self, url: str) -> Path | RemotePath | None:
         if not self.cache_dir:
             return None
         h = hashlib.sha1(url.encode("utf-8")).hexdigest()
@@ -242,13 +244,13 @@ class Fetcher:
             self._cache_write(cached, data)
         return data
 
-    def _cache_read(self, path: Path) -> bytes | None:
+    def _cache_read(self, path: Path | RemotePath) -> bytes | None:
         """The cached body, or None to download: absent, unreadable, or not what we would cache now
         (a non-image written by an older version, a size outside this run's limits)."""
         try:
-            with open(path, "rb") as f:
+            with path.open("rb") as f:
                 data = f.read(self.max_bytes + 1)
-        except OSError:
+        except Exception:  # OSError; on an object store also the client's own error at the first read
             return None
         if sniff(data) is None:
             with contextlib.suppress(OSError):  # an error page an older version cached: never serve it
@@ -256,18 +258,16 @@ class Fetcher:
             return None
         return data if self.min_bytes <= len(data) <= self.max_bytes else None
 
-    def _cache_write(self, path: Path, data: bytes) -> None:
-        """Temp name + rename: a kill mid-write never leaves a partial file under the final name.
-
-        No fsync: it is a cache, and a file lost to a crash is downloaded again."""
+    def _cache_write(self, path: Path | RemotePath, data: bytes) -> None:
+        """Temp name + rename (an object store: one upload): a kill mid-write never leaves a partial file
+        under the final name. No fsync: it is a cache, and a file lost to a crash is downloaded again."""
         if self.cache_dir is None:
             return
         try:
             if path.parent not in self._dirs:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 self._dirs.add(path.parent)
-            with atomic_path(path) as tmp:
-                tmp.write_bytes(data)
+            atomic_write_bytes(path, data, sync=False)
         except OSError as e:
             self._cache_failed(e)
 

@@ -19,6 +19,8 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from .storage import RemotePath
+
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 
@@ -36,8 +38,12 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
 
 
-def atomic_write_bytes(path: str | Path, data: bytes, sync: bool = True) -> None:
-    """Write via a temporary file in the same folder, then rename (fsync first unless `sync=False`)."""
+def atomic_write_bytes(path: str | Path | RemotePath, data: bytes, sync: bool = True) -> None:
+    """Write via a temporary file in the same folder, then rename (fsync first unless `sync=False`).
+    On an object store one upload is already whole or nothing: written directly."""
+    if isinstance(path, RemotePath):
+        path.write_bytes(data)
+        return
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -53,11 +59,11 @@ def atomic_write_bytes(path: str | Path, data: bytes, sync: bool = True) -> None
         raise
 
 
-def atomic_write_text(path: str | Path, text: str) -> None:
+def atomic_write_text(path: str | Path | RemotePath, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
-def atomic_write_json(path: str | Path, obj: Any) -> None:
+def atomic_write_json(path: str | Path | RemotePath, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2) + "\n")
 
 
@@ -118,12 +124,11 @@ def csv_text(header: list[str], rows: Iterable[Iterable[Any]]) -> str:
     return buf.getvalue()
 
 
-def read_csv_rows(path: Path) -> list[list[str]]:
+def read_csv_rows(path: Path | RemotePath) -> list[list[str]]:
     """Rows of a CSV written by `csv_text`, without its header, cells as they were given; [] when absent."""
     if not path.is_file():
         return []
-    with open(path, encoding="utf-8", newline="") as f:
-        rows = list(csv.reader(f))
+    rows = list(csv.reader(io.StringIO(path.read_bytes().decode("utf-8"), newline="")))
     if not rows:
         return []
     cols = _columns(rows[0])

@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import json
 import shlex
-import shutil
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from . import class_sources, diskfull, fileio, outlock, records, reports, review, tfrecord_source, workers
+from . import class_sources, diskfull, fileio, outlock, records, reports, review, storage, tfrecord_source, workers
 from .config import IngestConfig
 from .errors import EXIT_DISK_FULL, EXIT_FAILURES, EXIT_FATAL, EXIT_INTERRUPTED, EXIT_OK, IngestError
 from .manifest import add_part, new_manifest, timestamp
@@ -38,7 +38,7 @@ from .sources import Failure, Item, ParsedList, open_list, parse_list, read_labe
 
 # cli.py and tests/test_resume.py import these from here: `verify` lives in records,
 # `IngestError` and the exit codes in errors; the names stay importable from ingest.
-__all__ = ["EXIT_FATAL", "Ingest", "IngestError", "command_line", "verify"]
+__all__ = ["EXIT_FATAL", "Ingest", "IngestError", "command_line", "verify", "verify_dataset"]
 
 PARTIAL = ".partial"
 
@@ -58,7 +58,7 @@ class Ingest:
     def __init__(self, cfg: IngestConfig, command: str):
         self.cfg = cfg
         self.command = command
-        self.out = Path(cfg.out)
+        self.out = storage.location(cfg.out)  # a Path, or a RemotePath (s3://, gs://: --engine beam)
         self.partial = self.out / PARTIAL
         self.task = "multilabel"
         self.review_info: dict[str, Any] | None = None
@@ -73,6 +73,7 @@ class Ingest:
     def run(self) -> int:
         """The job, holding the output folder's lock; a full disk ends it with one line and EXIT_DISK_FULL."""
         try:
+            self._check_remote()
             with outlock.hold(self.out):
                 return self._run()
         except Exception as e:
@@ -82,6 +83,18 @@ class Ingest:
             done = [s for s in map(self._shard_done, plans) if s]
             print(f"error: {diskfull.message(self.out, diskfull.progress(plans, done, self.writer))}", file=sys.stderr)
             return EXIT_DISK_FULL
+
+    def _check_remote(self) -> None:
+        """A remote --out or --cache: Beam's filesystems get the options after -- and are tried once."""
+        remote = [(f, v) for f, v in (("--out", self.cfg.out), ("--cache", self.cfg.cache)) if storage.is_remote(v)]
+        if not remote:
+            return
+        from . import quiet
+
+        with quiet.filtered_stderr():  # Beam's import warns about cloud clients it does not need
+            storage.configure(self.cfg.beam_args)
+            for flag, url in remote:
+                storage.check(url, flag)
 
     def _run(self) -> int:
         if self.cfg.engine == "beam":
@@ -147,7 +160,7 @@ class Ingest:
             if p.name == tfrecord_source.EXTRACTED:
                 continue
             if p.is_dir():
-                shutil.rmtree(p)
+                storage.rmtree(p)
             else:
                 p.unlink()
 
@@ -157,7 +170,7 @@ class Ingest:
         k = next((k for k, p in enumerate(parts) if p.get("fingerprint") == fp), None)
         if k is None:
             return None
-        shutil.rmtree(self.partial, ignore_errors=True)
+        storage.rmtree(self.partial)
         print(f"{self.out}: already holds the records of this exact command (fingerprint {fp}); nothing to do")
         first = sum(p.get("failures", 0) for p in parts[:k])  # failures.csv rows are in part order
         rows = fileio.read_csv_rows(self.out / records.FAILURES)[first : first + parts[k].get("failures", 0)]
@@ -383,11 +396,11 @@ class Ingest:
             ),
         )
         fileio.atomic_write_json(self.out / records.MANIFEST, manifest)
-        shutil.rmtree(self.partial, ignore_errors=True)
+        storage.rmtree(self.partial)
         return manifest
 
 
-def _committed_index(out: Path, manifest: dict[str, Any]) -> list[list[str]]:
+def _committed_index(out: Path | storage.RemotePath, manifest: dict[str, Any]) -> list[list[str]]:
     """index.csv rows whose shard the manifest lists."""
     shards = {sh["name"] for sp in manifest["splits"].values() for sh in sp["shards"]}
     return [r for r in fileio.read_csv_rows(out / records.INDEX) if len(r) > 2 and r[2] in shards]
@@ -400,6 +413,25 @@ def _image_failures(states: list[dict[str, Any]]) -> list[Failure]:
 def _written_labels(states: list[dict[str, Any]]) -> np.ndarray:
     rows = [[int(c) for c in r[4]] for s in states for r in s["index"]]
     return np.array(rows, dtype=int)
+
+
+def verify_dataset(folder: str, beam_args: list[str]) -> int:
+    """`--verify DIR`; a remote DIR (s3://, gs://) is copied to a local temporary folder first, through
+    Beam's filesystems (their options after --), and checked there."""
+    if not storage.is_remote(folder):
+        return verify(folder)
+    from . import quiet
+
+    with quiet.filtered_stderr():
+        storage.configure(beam_args)
+        storage.check(folder, "--verify")
+    remote = storage.RemotePath(folder)
+    if not (remote / records.MANIFEST).is_file():
+        raise IngestError(f"{remote / records.MANIFEST}: no dataset manifest (run generate_dataset.py first)")
+    with tempfile.TemporaryDirectory(prefix="fashion-verify-") as local:
+        n = storage.copy_tree(remote, Path(local))
+        print(f"{folder}: {n} file(s) copied to {local} to be checked there")
+        return verify(local)
 
 
 def command_line(argv: list[str]) -> str:

@@ -1,8 +1,9 @@
 """One `generate_dataset.py` run per output folder: an flock on `OUT/.ingest.lock` held for the whole run.
 
 The kernel releases an flock when its holder dies (Ctrl-C, crash, kill -9), so a stale lock never
-blocks a rerun; the file only carries the holder's pid for the refusal message. The lowest layer:
-imports nothing of ours but errors.
+blocks a rerun; the file only carries the holder's pid for the refusal message. An object store
+(`s3://`, `gs://`: storage.RemotePath) has no such lock: there the run goes on unlocked, and says so.
+The lowest layer: imports nothing of ours but errors and storage.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from .errors import IngestError
+from .storage import RemotePath
 
 LOCK_NAME = ".ingest.lock"
 
@@ -27,12 +29,16 @@ def _pid_in(fd: int) -> str:
 
 
 @contextlib.contextmanager
-def hold(out: Path) -> Iterator[None]:
+def hold(out: Path | RemotePath) -> Iterator[None]:
     """Lock `out` (created if missing) or raise IngestError naming the run that holds it.
 
     A refused run changes nothing in `out`. On release the lock file is removed, and `out`
     too when this run created it and left it empty (a refused or empty list writes nothing).
     """
+    if isinstance(out, RemotePath):
+        print(f"note: {out} is on an object store, which has no lock: do not start two runs into it at once")
+        yield
+        return
     out = Path(out)
     created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)

@@ -19,6 +19,7 @@ import json
 import os
 import re
 import sys
+import tempfile
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -28,7 +29,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from . import outlock, tfrecord_lite
+from . import outlock, storage, tfrecord_lite
 from .errors import EXIT_FAILURES, EXIT_FATAL, EXIT_OK
 from .fileio import sha256_file
 
@@ -112,11 +113,18 @@ def shard_tmp_name(name: str) -> str:
 
 
 class ShardWriter:
-    """Writes one shard to `.name.tmp`, renames to `name` on `close()`; `abort()` removes the temp file."""
+    """Writes one shard to `.name.tmp`, renames to `name` on `close()`; `abort()` removes the temp file.
+    Into a remote folder (an object store) the shard is written to a local temp file and uploaded on
+    `close()`: one upload, whole or nothing."""
 
-    def __init__(self, folder: Path, name: str, n_labels: int):
+    def __init__(self, folder: Path | storage.RemotePath, name: str, n_labels: int):
         self.path = folder / name
-        self.tmp = folder / shard_tmp_name(name)
+        if isinstance(folder, storage.RemotePath):
+            fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp")
+            os.close(fd)
+            self.tmp = Path(tmp)
+        else:
+            self.tmp = folder / shard_tmp_name(name)
         self.result = ShardResult(name, positives=[0] * n_labels)
         self.written = 0  # bytes passed to the writer: a full disk's message estimates from them
         self._w = _record_writer(str(self.tmp))
@@ -134,7 +142,13 @@ class ShardWriter:
             os.fsync(f.fileno())
         self.result.sha256 = sha256_file(self.tmp)
         self.result.bytes = self.tmp.stat().st_size
-        os.replace(self.tmp, self.path)
+        if isinstance(self.path, storage.RemotePath):
+            try:
+                self.path.upload(self.tmp)
+            finally:
+                self.tmp.unlink(missing_ok=True)
+        else:
+            os.replace(self.tmp, self.path)
         return self.result
 
     def abort(self) -> None:
@@ -149,12 +163,11 @@ class ShardWriter:
 # --------------------------------------------------------------------------- manifest
 
 
-def load_manifest(folder: str | Path) -> dict[str, Any]:
-    path = Path(folder) / MANIFEST
+def load_manifest(folder: str | Path | storage.RemotePath) -> dict[str, Any]:
+    path = storage.location(folder) / MANIFEST
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no dataset manifest (run generate_dataset.py first)")
-    with open(path, encoding="utf-8") as f:
-        manifest = json.load(f)
+    manifest = json.loads(path.read_text(encoding="utf-8"))
     if manifest.get("schema_version", 0) > SCHEMA_VERSION:
         raise ValueError(
             f"{path}: schema version {manifest['schema_version']} is newer than this "

@@ -39,7 +39,9 @@ class IngestConfig(_Config):
         nargs="?",
         metavar="LIST",
     )
-    out: str = opt(DEFAULT_RECORDS, "output folder", group=IO, metavar="DIR")
+    out: str = opt(
+        DEFAULT_RECORDS, "output folder (with --engine beam also gs://BUCKET/DIR, s3://...)", group=IO, metavar="DIR"
+    )
     labels: str | None = opt(
         None, "label names, one per line (default for the original format: label_0..N)", group=IO, metavar="FILE"
     )
@@ -56,7 +58,12 @@ class IngestConfig(_Config):
     )
     beam_args: list[str] = field(default_factory=list)  # what followed `--` on the command line (not an option)
     workers: int = opt(help="parallel downloads/decodes", group=FETCH, metavar="N", factory=default_workers)
-    cache: str | None = opt(DEFAULT_CACHE, "download cache folder ('' to disable)", group=FETCH, metavar="DIR")
+    cache: str | None = opt(
+        DEFAULT_CACHE,
+        "download cache folder ('' to disable; with --engine beam also gs://, s3://)",
+        group=FETCH,
+        metavar="DIR",
+    )
     timeout: float = opt(
         30.0,
         "deadline for the whole download of one image (connection, retries, backoff and body), seconds: "
@@ -173,11 +180,13 @@ class IngestConfig(_Config):
             raise IngestError("--timeout and --connect-timeout must be more than 0 seconds")
         self._validate_source()
         for flag, value in (("--out", self.out), ("--cache", self.cache)):
-            if value and "://" in value:
+            if value and "://" in value and self.engine != "beam":
                 raise IngestError(
-                    f"{flag} {value}: only local folders (or a shared mount every worker sees) are written "
-                    f"to for now; remote filesystems such as gs:// or s3:// are not supported yet"
+                    f"{flag} {value}: remote filesystems (gs://, s3://, ...) are written by --engine beam, "
+                    f"through Beam's filesystems; the local engine writes local folders"
                 )
+            if value and "://" in value and self.from_tfrecords:
+                raise IngestError(f"{flag} {value}: --from-tfrecords extracts images to local folders: give local ones")
         if self.beam_args and self.engine != "beam":
             raise IngestError(f"options after -- ({' '.join(self.beam_args)}) are Beam's: add --engine beam")
         if self.max_per_class is not None and (self.max_per_class < 1 or not self.from_urls):
