@@ -93,7 +93,8 @@ def check(url: str, flag: str, deadline_s: float = CHECK_DEADLINE_S) -> None:
         )
     e = outcome[0]
     if e is not None:
-        hint = f"; {INSTALL}" if "ependenc" in str(e) or isinstance(e, ImportError) else ""
+        said = str(e).lower()
+        hint = f"; {INSTALL}" if "install" not in said and ("ependenc" in said or isinstance(e, ImportError)) else ""
         raise IngestError(f"{flag} {url}: {_short(e)}{hint}")
 
 
