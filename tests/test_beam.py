@@ -152,7 +152,9 @@ def test_beam_options_need_the_beam_engine_and_beam_itself(tmp_path, capsys, mon
     assert generate_dataset_main([str(lst), "--out", str(tmp_path / "o"), "--", "--runner=FlinkRunner"]) == 2
     assert "add --engine beam" in capsys.readouterr().err
     assert generate_dataset_main([str(lst), "--out", "s3://bucket/ds"]) == 2  # the local engine
-    assert "s3://bucket/ds: remote filesystems (gs://, s3://, ...) are written by --engine beam" in capsys.readouterr().err
+    assert (
+        "s3://bucket/ds: remote filesystems (gs://, s3://, ...) are written by --engine beam" in capsys.readouterr().err
+    )
     # gs:// needs apache-beam[gcp], not installed here: one line before anything is read or written
     assert generate_dataset_main([str(lst), "--out", "gs://bucket/ds", "--engine", "beam"]) == 2
     err = capsys.readouterr().err
