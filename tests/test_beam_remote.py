@@ -141,6 +141,14 @@ def test_dataset_and_cache_on_s3_killed_resumed_equal_to_local_and_verified(s3, 
     assert "already holds the records of this exact command" in capsys.readouterr().out
     assert json.loads(client.get_object(Bucket=BUCKET, Key="ds/dataset.json")["Body"].read())["records"] == 30
 
+    # --append reads the manifest, index and failures back from the store and adds a part
+    more = tmp_path / "more.txt"
+    more.write_text("\n".join([*rows(server, 33)[30:33], rows(server, 1)[0]]) + "\n")  # 3 new ids, 1 known
+    assert generate_dataset_main([str(more), *ingest_args(out, cache), "--append", *beam]) == 1
+    manifest = json.loads(client.get_object(Bucket=BUCKET, Key="ds/dataset.json")["Body"].read())
+    assert manifest["records"] == 33 and len(manifest["parts"]) == 2 and manifest["failures"] == 3
+    assert "duplicate id" in client.get_object(Bucket=BUCKET, Key="ds/failures.csv")["Body"].read().decode()
+
 
 def test_remote_faults_are_one_line(s3, tmp_path, capsys):
     endpoint, client = s3
