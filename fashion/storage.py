@@ -56,9 +56,9 @@ def configure(beam_args: Sequence[str]) -> None:
     """Give Beam's filesystems the pipeline options (e.g. --s3_endpoint_url, --s3_region_name, --project).
     Their retry notices and logged tracebacks stay off the console: a failure reaches the user as one
     line naming the object (RemotePath)."""
+    fs = _filesystems()  # (Beam not installed: one line saying what to install)
     from apache_beam.options.pipeline_options import PipelineOptions
 
-    fs = _filesystems()
     for name in ("apache_beam.utils.retry", "apache_beam.io"):
         logging.getLogger(name).setLevel(logging.CRITICAL)
     logging.getLogger().addFilter(_not_beam_io)  # s3io logs some errors on the root logger itself
