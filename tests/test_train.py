@@ -313,6 +313,8 @@ def test_resume_after_a_finished_stage_trains_only_what_is_left(dataset, tmp_pat
         "none",
         "--image-size",
         str(SIZE),
+        "--backbone",  # the stage loop is checked here, not the trunk: the lighter one
+        "mobilenetv2",
         "--stages",
         "heads:1,heads:1",
         "--batch-size",
