@@ -26,6 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from . import quiet
 from .errors import TrainError
 
 ENV_ADDRESSES, ENV_COUNT, ENV_INDEX = (
@@ -131,6 +132,8 @@ def start(cluster: Cluster) -> None:
     import jax
     import keras
 
+    quiet.filter_stdout()  # gloo's "[Gloo] Rank 0 is connected to 1 peer ranks" goes to stdout
+
     # Without this, JAX's coordination service aborts every process (a C++ stack trace, exit 134) the moment
     # one dies; with it the collective that waited fails in Python and we say which worker went. (Worker 0
     # holds the service: when it dies the others still abort; fashion.quiet turns that into one line.)
@@ -158,6 +161,7 @@ def leave(code: int) -> None:
     _on_lost = None
     sys.stdout.flush()  # everything this process says is said: from "left" on, only _exit may follow
     sys.stderr.flush()
+    quiet.drain_stdout()
     with contextlib.suppress(Exception):
         client = _client()
         client.wait_at_barrier("fashion/end", END_WAIT_S * 1000)

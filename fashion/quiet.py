@@ -11,6 +11,7 @@ real stderr, unbuffered by the filter.
   filter is a forked *process*, so what a crash writes last (a TensorFlow `F` line before an abort)
   is still copied out after the crash: a filter thread would die with the process.
 * `filtered_stderr()`: a block of code, by a thread; `mute()` silences it (Beam after a Ctrl-C).
+* `filter_stdout()`: fd 1 likewise, by a thread (train.py on several processes: gloo prints on stdout).
 
 `FASHION_VERBOSE=1` in the environment turns the filtering off (everything TensorFlow says).
 """
@@ -59,6 +60,7 @@ FATAL = (
 
 _muted = threading.Event()
 _installed: dict[str, int] = {}  # the filter process's pid and the real stderr, once install() ran
+_stdout: dict = {}  # filter_stdout()'s real fd 1 and copier thread
 VERBOSE_ENV = "FASHION_VERBOSE"
 DRAIN_DEADLINE_S = 3.0  # at exit, how long the filter may take to copy what is left in the pipe
 
@@ -70,7 +72,7 @@ def install(noise: re.Pattern[bytes] = NOISE) -> None:
     """
     if _installed or os.environ.get(VERBOSE_ENV, "") not in ("", "0") or not hasattr(os, "fork"):
         return
-    if not _is_fd2(sys.stderr):
+    if not _is_fd(sys.stderr, 2):
         return
     sys.stderr.flush()
     real = os.dup(2)
@@ -126,7 +128,7 @@ def filtered_stderr(noise: re.Pattern[bytes] = NOISE) -> Iterator[None]:
     os.dup2(write_end, 2)
     os.close(write_end)
     py_stderr = sys.stderr
-    if _is_fd2(py_stderr):  # else (pytest's capture, a redirect in code) Python's writes already go elsewhere
+    if _is_fd(py_stderr, 2):  # else (pytest's capture, a redirect in code) Python's writes already go elsewhere
         sys.stderr = _Writes(os.fdopen(os.dup(real), "w", buffering=1, encoding=py_stderr.encoding), noise)
     copier = threading.Thread(target=_copy, args=(read_end, os.dup(real), noise), daemon=True)
     copier.start()
@@ -141,9 +143,36 @@ def filtered_stderr(noise: re.Pattern[bytes] = NOISE) -> Iterator[None]:
         os.close(real)
 
 
-def _is_fd2(stream) -> bool:
+def filter_stdout(noise: re.Pattern[bytes] = NOISE) -> None:
+    """For the rest of this process: fd 1 through a thread that drops `noise` (gloo says hello on stdout
+    when train.py's processes connect). A thread, not install()'s process: it starts after JAX's threads,
+    where a fork is unsafe; so call `drain_stdout()` before an `os._exit`, or its last lines may be lost."""
+    if _stdout or os.environ.get(VERBOSE_ENV, "") not in ("", "0"):
+        return
+    sys.stdout.flush()  # (sys.stdout may be a copy to console.log: what it writes reaches fd 1 all the same)
+    real = os.dup(1)
+    read_end, write_end = os.pipe()
+    os.dup2(write_end, 1)
+    os.close(write_end)
+    copier = threading.Thread(target=_copy, args=(read_end, os.dup(real), noise), name="fashion-stdout", daemon=True)
+    copier.start()
+    _stdout.update(real=real, copier=copier)
+
+
+def drain_stdout() -> None:
+    """fd 1 back to the real stdout, once the filter copied what was written (bounded wait)."""
+    if not _stdout:
+        return
+    with contextlib.suppress(Exception):
+        sys.stdout.flush()
+    os.dup2(_stdout["real"], 1)  # the pipe's last write end: EOF for the copier
+    _stdout.pop("copier").join(timeout=DRAIN_DEADLINE_S)
+    os.close(_stdout.pop("real"))
+
+
+def _is_fd(stream, fd: int) -> bool:
     try:
-        return stream.fileno() == 2
+        return stream.fileno() == fd
     except (AttributeError, OSError, ValueError):
         return False
 

@@ -28,7 +28,7 @@ from typing import Any
 import keras
 import numpy as np
 
-from . import cluster as cluster_lib, fileio, model as model_lib, pipeline, records
+from . import cluster as cluster_lib, fileio, model as model_lib, pipeline, quiet, records
 from .callbacks import Checkpoints, EpochEval, Progress, Tee
 from .config import TrainConfig
 from .devices import check_devices, setup_device
@@ -140,7 +140,7 @@ class Trainer:
         wait (up to 5 min) at a barrier for the process that is gone."""
         print(f"error: {lost}; {self._kept(every=True)}", file=sys.stderr, flush=True)
         self._drop_private()
-        sys.stdout.flush()
+        quiet.drain_stdout()
         os._exit(EXIT_WORKER_LOST)
 
     def _drop_private(self) -> None:

@@ -209,6 +209,7 @@ def test_a_killed_worker_stops_the_other_and_resume_finishes_with_one_bundle(dat
     errors = [line for line in out.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and f"worker 1 (127.0.0.1:{workers.split(':')[-1]})" in errors[0], out[-3000:]
     assert "--resume" in errors[0] and "Traceback" not in out and "Check failure" not in out
+    assert "[Gloo]" not in out, "gloo's hello on stdout is noise"
     run = tmp_path / "models" / "r"
     assert (run / "last.keras").is_file() and not (run / "model.keras").exists()
     left_by_the_killed = set((tmp_path / "tmp").glob("fashion-worker*"))
@@ -229,6 +230,7 @@ def test_a_killed_worker_stops_the_other_and_resume_finishes_with_one_bundle(dat
     for i, p in enumerate(procs):
         assert p.wait(timeout=600) == 0, logs[i].read_text()[-3000:]
     assert "resuming r: stage 1/1, after epoch" in logs[1].read_text()
+    assert not any("[Gloo]" in log.read_text() for log in logs)
     assert "writes the bundle" in logs[1].read_text() and "bundle:" in logs[0].read_text()
     meta = json.loads((run / "meta.json").read_text())
     assert meta["config"]["backend"] == "jax" and meta["config"]["worker_index"] is None  # from the environment
