@@ -431,7 +431,7 @@ def verify_dataset(folder: str, beam_args: list[str]) -> int:
     with tempfile.TemporaryDirectory(prefix="fashion-verify-") as local:
         n = storage.copy_tree(remote, Path(local))
         print(f"{folder}: {n} file(s) copied to {local} to be checked there")
-        return verify(local)
+        return verify(local, shown=folder)
 
 
 def command_line(argv: list[str]) -> str:

@@ -303,9 +303,11 @@ def tf_error_text(e: Exception) -> str:
 # --------------------------------------------------------------------------- verification
 
 
-def verify(folder: str | Path) -> int:
-    """Re-read every shard (CRC), decode every image, check counts and hashes against the manifest."""
+def verify(folder: str | Path, shown: str | None = None) -> int:
+    """Re-read every shard (CRC), decode every image, check counts and hashes against the manifest.
+    `shown`: the name the user gave (a remote dataset is checked in a local copy)."""
     folder = Path(folder)
+    shown = shown or str(folder)
     # A folder being written is checked read-only as its last dataset.json stands (a run writes it last,
     # and --append adds shards under new names); without one there is nothing to check yet.
     writer = outlock.holder(folder)
@@ -339,10 +341,10 @@ def verify(folder: str | Path) -> int:
         print(f"error: {p}", file=sys.stderr)
     shards = sum(len(s["shards"]) for s in manifest["splits"].values())
     if problems:
-        print(f"{folder}: {len(problems)} problem(s) in {shards} shard(s)")
+        print(f"{shown}: {len(problems)} problem(s) in {shards} shard(s)")
         return EXIT_FAILURES
     print(
-        f"{folder}: OK — {sum(check.ids.values())} records in {shards} shard(s), every CRC, image, count and "
+        f"{shown}: OK — {sum(check.ids.values())} records in {shards} shard(s), every CRC, image, count and "
         f"hash checked"
     )
     return EXIT_OK

@@ -136,7 +136,7 @@ def test_dataset_and_cache_on_s3_killed_resumed_equal_to_local_and_verified(s3, 
 
     # --verify reads it from the store; the same command again finds it done
     assert generate_dataset_main(["--verify", out, "--", f"--s3_endpoint_url={endpoint}"]) == 0
-    assert "OK" in capsys.readouterr().out
+    assert f"{out}: OK — 30 records" in capsys.readouterr().out  # named as given, not as the local copy
     assert generate_dataset_main([str(lst), *ingest_args(out, cache), *beam]) == 1
     assert "already holds the records of this exact command" in capsys.readouterr().out
     assert json.loads(client.get_object(Bucket=BUCKET, Key="ds/dataset.json")["Body"].read())["records"] == 30
