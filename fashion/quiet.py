@@ -143,10 +143,15 @@ def filtered_stderr(noise: re.Pattern[bytes] = NOISE) -> Iterator[None]:
         os.close(real)
 
 
-def filter_stdout(noise: re.Pattern[bytes] = NOISE) -> None:
-    """For the rest of this process: fd 1 through a thread that drops `noise` (gloo says hello on stdout
-    when train.py's processes connect). A thread, not install()'s process: it starts after JAX's threads,
-    where a fork is unsafe; so call `drain_stdout()` before an `os._exit`, or its last lines may be lost."""
+# What C code prints on stdout: gloo's hello when train.py's processes connect
+STDOUT_NOISE, STDOUT_NOISE_START = re.compile(rb"^\[Gloo\] Rank \d+ is connected to"), b"[Gloo]"
+
+
+def filter_stdout(noise: re.Pattern[bytes] = STDOUT_NOISE) -> None:
+    """For the rest of this process: fd 1 (Python's prints too) through a thread that drops `noise` lines
+    and passes the rest on as it comes (a progress bar's \r updates stay live). A thread, not install()'s
+    process: it starts after JAX's threads, where a fork is unsafe; so call `drain_stdout()` before an
+    `os._exit`, or its last lines may be lost."""
     if _stdout or os.environ.get(VERBOSE_ENV, "") not in ("", "0"):
         return
     sys.stdout.flush()  # (sys.stdout may be a copy to console.log: what it writes reaches fd 1 all the same)
@@ -154,7 +159,9 @@ def filter_stdout(noise: re.Pattern[bytes] = NOISE) -> None:
     read_end, write_end = os.pipe()
     os.dup2(write_end, 1)
     os.close(write_end)
-    copier = threading.Thread(target=_copy, args=(read_end, os.dup(real), noise), name="fashion-stdout", daemon=True)
+    copier = threading.Thread(
+        target=_copy_live, args=(read_end, os.dup(real), noise), name="fashion-stdout", daemon=True
+    )
     copier.start()
     _stdout.update(real=real, copier=copier)
 
@@ -223,5 +230,25 @@ def _copy(read_end: int, out: int, noise: re.Pattern[bytes]) -> None:
                 os.write(out, kept)
         if pending and (last := keep(pending)):
             os.write(out, last)
+    os.close(read_end)
+    os.close(out)
+
+
+def _copy_live(read_end: int, out: int, noise: re.Pattern[bytes], start: bytes = STDOUT_NOISE_START) -> None:
+    """Whole `noise` lines dropped; the start of a line passes at once unless it may begin one (`start`)."""
+    pending, passing = b"", False  # passing: this line's start already went out, the rest follows it
+    with contextlib.suppress(OSError):
+        while chunk := os.read(read_end, 65536):
+            *lines, pending = (pending + chunk).split(b"\n")
+            kept = b"".join(
+                line + b"\n" for i, line in enumerate(lines) if (passing and i == 0) or not noise.match(line)
+            )
+            passing = passing and not lines
+            if pending and (passing or not start.startswith(pending[: len(start)])):
+                kept, pending, passing = kept + pending, b"", True
+            if kept:
+                os.write(out, kept)
+        if pending:
+            os.write(out, pending)
     os.close(read_end)
     os.close(out)

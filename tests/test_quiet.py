@@ -7,9 +7,15 @@ commands themselves are checked by tests/test_demo.py, which runs the demo as ma
 
 from __future__ import annotations
 
+import os
+import select
+import subprocess
+import sys
+import time
+
 import pytest
 
-from conftest import noise_in, run
+from conftest import ROOT, noise_in, run
 
 SCRIPT = """
 import os, sys
@@ -40,3 +46,34 @@ def test_filter_survives_a_crash_and_verbose_shows_the_noise():
 
     verbose = run(["-c", SCRIPT], env={"FASHION_VERBOSE": "1"})
     assert noise_in(verbose.stderr), "no start-up noise without the filter: this test would prove nothing"
+
+
+LIVE = """
+import os, sys
+from fashion import quiet
+quiet.filter_stdout()
+print("epoch 1/3 [=====", end="", flush=True)  # a progress bar: no newline until the epoch ends
+sys.stdin.readline()  # the test saw it
+print("] done", flush=True)
+os.write(1, b"[Gloo] Rank 0 is connected to 1 peer ranks. Expected number of connected peer ranks is : 1\\n")
+print("[Gloo is not gloo's hello]")
+quiet.drain_stdout()
+os._exit(0)  # as train.py on several processes leaves: the drain got every line out first
+"""
+
+
+def test_stdout_filter_drops_gloos_hello_and_keeps_a_progress_bar_live():
+    p = subprocess.Popen([sys.executable, "-c", LIVE], cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    try:
+        seen, deadline = b"", time.monotonic() + 60
+        while b"[=====" not in seen and time.monotonic() < deadline:  # before its newline
+            if select.select([p.stdout], [], [], 1)[0]:
+                seen += os.read(p.stdout.fileno(), 4096)
+        assert seen == b"epoch 1/3 [=====", seen
+        p.stdin.write(b"go\n")
+        p.stdin.flush()
+        rest, _ = p.communicate(timeout=60)
+    finally:
+        p.kill()
+    assert p.returncode == 0
+    assert (seen + rest).decode() == "epoch 1/3 [=====] done\n[Gloo is not gloo's hello]\n"
