@@ -10,7 +10,7 @@ from typing import Any
 import keras
 import numpy as np
 
-from .. import losses, metrics, pipeline, plots
+from .. import losses, metrics, plots
 from .base import INPUT_NOTE, Task, Validation, Weights, fmt, head_names, run_fields
 
 HEAD_FILTERS = 64
@@ -97,6 +97,8 @@ class MultiLabel(Task):
     def validate(self, probs: np.ndarray, y_val: np.ndarray, train, w: Weights) -> Validation:
         """Per-class thresholds maximising sample-F2 (from the best constant label set of the training split);
         the honest figure is sample-F2 with thresholds tuned on the other half (`crossfit`)."""
+        from .. import pipeline  # tf.data, imported where used: the model builds without TensorFlow (GPU bench)
+
         y_train = pipeline.labels_of(train.files, len(self.labels))
         thresholds = metrics.tune_thresholds(y_val, probs, y_train=y_train)
         at_half = metrics.summary(y_val, probs, 0.5)
@@ -162,6 +164,8 @@ class MultiLabel(Task):
         has = y.any(0)
         _, _, f1 = metrics.f1_per_class(y, pred)
         tp, pp, tt = (y.astype(bool) & pred).sum(), pred.sum(), y.sum()
+        from .. import pipeline  # (tf.data: see validate)
+
         y_train = pipeline.labels_of(train.files, n)
         base = metrics.baselines(y_train, y)
         result = {
