@@ -32,6 +32,9 @@ from pathlib import Path
 # CUDA's "no driver" lines are noise only where there is no NVIDIA device: on a GPU machine a failed
 # cuInit is a real fault (training would silently fall back to the CPU), so it stays visible there.
 _CUDA_NOISE = rb"|[WE]0000 \S+ +\d+ cuda_\w+\.cc" if not Path("/dev/nvidiactl").exists() else b""
+# gloo's hello when train.py's processes connect: printed on stdout (filter_stdout), dropped on stderr too
+_GLOO_HELLO_START = b"[Gloo]"
+_GLOO_HELLO = re.escape(_GLOO_HELLO_START) + rb" Rank \d+ is connected to"
 NOISE = re.compile(
     rb"^(WARNING: All log messages before absl::InitializeLog\(\) is called"
     # absl INFO lines from TensorFlow's C++ (start-up, "TFRecordDataset buffer_size is unspecified"...): never
@@ -43,8 +46,7 @@ NOISE = re.compile(
     rb"|WARNING:apache_beam\.runners\.portability\.local_job_service:Worker: severity: WARN"
     rb"|To enable the following instructions: .* in other operations, rebuild TensorFlow"
     # train.py on several processes: gloo's hello, and the line JAX logs just before the fatal one below
-    rb"|\[Gloo\] Rank \d+ is connected to"
-    rb"|E\d{4} [\d:.]+ +\d+ coordination_service_agent\.cc:\d+\] Polled an error)"
+    rb"|" + _GLOO_HELLO + rb"|E\d{4} [\d:.]+ +\d+ coordination_service_agent\.cc:\d+\] Polled an error)"
 )
 # A fatal C++ line that ends the process with a stack trace nobody can act on: printed as one line instead,
 # and everything after it (the trace, gRPC's details) dropped. JAX aborts a worker this way when the
@@ -143,8 +145,8 @@ def filtered_stderr(noise: re.Pattern[bytes] = NOISE) -> Iterator[None]:
         os.close(real)
 
 
-# What C code prints on stdout: gloo's hello when train.py's processes connect
-STDOUT_NOISE, STDOUT_NOISE_START = re.compile(rb"^\[Gloo\] Rank \d+ is connected to"), b"[Gloo]"
+# What C code prints on stdout, and how such a line starts
+STDOUT_NOISE, STDOUT_NOISE_START = re.compile(rb"^" + _GLOO_HELLO), _GLOO_HELLO_START
 
 
 def filter_stdout(noise: re.Pattern[bytes] = STDOUT_NOISE) -> None:
@@ -167,11 +169,11 @@ def filter_stdout(noise: re.Pattern[bytes] = STDOUT_NOISE) -> None:
 
 
 def drain_stdout() -> None:
-    """fd 1 back to the real stdout, once the filter copied what was written (bounded wait)."""
-    if not _stdout:
-        return
+    """Flush stdout; fd 1 back to the real stdout, once the filter copied what was written (bounded wait)."""
     with contextlib.suppress(Exception):
         sys.stdout.flush()
+    if not _stdout:
+        return
     os.dup2(_stdout["real"], 1)  # the pipe's last write end: EOF for the copier
     _stdout.pop("copier").join(timeout=DRAIN_DEADLINE_S)
     os.close(_stdout.pop("real"))
