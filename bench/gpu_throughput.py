@@ -11,7 +11,8 @@ CPU smoke run (1 min):
 
 The input pipeline: the shipped CCP photos (data/sample, 387x256 JPEGs, Apache-2.0) held as bytes in memory
 (as record bytes are after the first epoch) and, per batch, decoded with OpenCV, scaled so the short side is
-8/7 of the crop, randomly cropped and flipped, as the training pipeline does; batches made by
+8/7 of the crop, randomly cropped and flipped (the training pipeline's window at its smallest, 7/8 of the short
+side; tf.data there decodes only a random window of 7/8 to all of it, then resizes); batches made by
 `keras.utils.PyDataset` worker threads (OpenCV releases the GIL; processes would fork JAX). The product's
 own input is tf.data, which cannot reach that machine: TensorFlow's wheel is 572 MB, a call carries 64 MiB.
 Printed: host images/s of the pipeline alone, then training images/s per run and the ratios.

@@ -16,6 +16,13 @@ from .base import INPUT_NOTE, Task, Validation, Weights, fmt, head_names, run_fi
 HEAD_FILTERS = 64
 
 
+def _train_labels(train, n: int) -> np.ndarray:
+    """The training split's labels, read from its records."""
+    from .. import pipeline  # tf.data, imported here: fashion.model builds without TensorFlow (the GPU bench)
+
+    return pipeline.labels_of(train.files, n)
+
+
 class MultiLabel(Task):
     name = "multilabel"
     monitor = "val_mAP"
@@ -97,9 +104,7 @@ class MultiLabel(Task):
     def validate(self, probs: np.ndarray, y_val: np.ndarray, train, w: Weights) -> Validation:
         """Per-class thresholds maximising sample-F2 (from the best constant label set of the training split);
         the honest figure is sample-F2 with thresholds tuned on the other half (`crossfit`)."""
-        from .. import pipeline  # tf.data, imported where used: the model builds without TensorFlow (GPU bench)
-
-        y_train = pipeline.labels_of(train.files, len(self.labels))
+        y_train = _train_labels(train, len(self.labels))
         thresholds = metrics.tune_thresholds(y_val, probs, y_train=y_train)
         at_half = metrics.summary(y_val, probs, 0.5)
         tuned = metrics.summary(y_val, probs, thresholds)
@@ -164,9 +169,7 @@ class MultiLabel(Task):
         has = y.any(0)
         _, _, f1 = metrics.f1_per_class(y, pred)
         tp, pp, tt = (y.astype(bool) & pred).sum(), pred.sum(), y.sum()
-        from .. import pipeline  # (tf.data: see validate)
-
-        y_train = pipeline.labels_of(train.files, n)
+        y_train = _train_labels(train, n)
         base = metrics.baselines(y_train, y)
         result = {
             "split": split,
