@@ -388,9 +388,7 @@ class _Verifier:
                 self.bar.update(1)
                 self.record(name, n, rec, positives)
         except Exception as e:  # tf raises DataLossError on a CRC mismatch or truncation
-            self.problems.append(
-                f"{name}: unreadable after record {n}: {type(e).__name__}: {str(e).splitlines()[0][:200]}"
-            )
+            self.problems.append(f"{name}: unreadable after record {n}: {type(e).__name__}: {tf_error_text(e)}")
         if n != shard["records"]:
             self.problems.append(f"{name}: {n} records, manifest says {shard['records']}")
         return n
