@@ -18,24 +18,35 @@ from .optim import current_lr
 
 class EpochEval(keras.callbacks.Callback):
     """Scores the validation set after each epoch with the task's own measures (tasks: `epoch_logs`),
-    adds them and the learning rate to the logs (history.csv, TensorBoard) and prints one line."""
+    adds them, the learning rate and the training speed to the logs (history.csv, TensorBoard) and prints
+    one line. `images(steps)`: the images an epoch of that many steps trained on (every process's)."""
 
-    def __init__(self, task, val_ds, y_val: np.ndarray):
+    def __init__(self, task, val_ds, y_val: np.ndarray, images=None):
         super().__init__()
-        self.task, self.val_ds, self.y_val = task, val_ds, y_val
+        self.task, self.val_ds, self.y_val, self.images = task, val_ds, y_val, images
 
     def on_epoch_begin(self, epoch, logs=None):
-        self.t0 = time.perf_counter()
+        self.t0 = self.t_val = time.perf_counter()
+
+    def on_test_begin(self, logs=None):
+        # training's part of the epoch ends where Keras starts val_loss; no batch hook, so JAX's and
+        # tf.function's asynchronous dispatch stays on (the first epoch includes the compile)
+        self.t_val = time.perf_counter()
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs if logs is not None else {}
+        trained = self.t_val - self.t0
         scores, shown = self.task.epoch_logs(self.y_val, self.task.predict(self.model, self.val_ds))
         logs.update(scores)
         logs["learning_rate"] = current_lr(self.model.optimizer)
+        speed = ""
+        if self.images and trained > 0:
+            logs["train_img_per_s"] = self.images(self.params.get("steps") or 0) / trained
+            speed = f"; train {logs['train_img_per_s']:,.0f} img/s"
         took = time.perf_counter() - self.t0
         print(
             f"epoch {epoch + 1}: loss {logs.get('loss', float('nan')):.4f}  val_loss "
-            f"{logs.get('val_loss', float('nan')):.4f}  {shown}  lr {logs['learning_rate']:.2e}  ({took:.0f}s)",
+            f"{logs.get('val_loss', float('nan')):.4f}  {shown}  lr {logs['learning_rate']:.2e}  ({took:.0f}s{speed})",
             flush=True,
         )
 

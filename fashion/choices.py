@@ -23,7 +23,7 @@ LOSSES = ("bce", "focal", "asl")
 CLASS_WEIGHTS = ("none", "inverse", "sqrt")
 
 # hardware
-MIXED_PRECISION = ("auto", "on", "off")
+MIXED_PRECISION = ("auto", "on", "off", "bfloat16", "float16")
 BACKENDS = ("auto", "tensorflow", "jax")
 
 # images (generate_dataset.py --resize)

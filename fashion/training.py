@@ -348,7 +348,7 @@ class Trainer:
         )
 
     def _callbacks(self, st: TrainState, checkpoints: Checkpoints) -> list:
-        cbs = [EpochEval(st.task, st.val_ds, st.y_val), checkpoints]
+        cbs = [EpochEval(st.task, st.val_ds, st.y_val, self._images(st)), checkpoints]
         if self.writer:
             cbs += [
                 keras.callbacks.CSVLogger(str(self.log_dir / "history.csv"), append=True),
@@ -362,6 +362,13 @@ class Trainer:
                 ),
             )
         return cbs
+
+    def _images(self, st: TrainState):
+        """Images an epoch of `steps` steps trains on, every process's (for the img/s on the epoch line)."""
+        batch = self.cfg.batch_size * st.strategy.num_replicas_in_sync
+        if self.cluster is not None:  # full batches only, one per process per step
+            return lambda steps: steps * batch * self.cluster.size
+        return lambda steps: st.train.count if steps == st.steps else min(steps * batch, st.train.count)
 
     def _save_interrupted(self, model, st: TrainState) -> None:
         """Ctrl-C: checkpoint weights + optimiser mid-epoch; state.json records the steps already taken."""

@@ -147,7 +147,11 @@ class TrainConfig(_Config):
     jitter: float = opt(0.0, "colour jitter strength (brightness/contrast/saturation)", group=AUG, metavar="J")
     rotate: float = opt(0.0, "random rotation, +- degrees", group=AUG, metavar="DEG")
     mixed_precision: str = opt(
-        "auto", "float16 compute on GPU (auto = on when a GPU is present)", group=HW, choices=C.MIXED_PRECISION
+        "auto",
+        "16-bit compute: auto = on with a GPU; on = bfloat16 where every GPU has it (compute capability "
+        "8.0+: A100, H100), else float16 with loss scaling; or name the dtype",
+        group=HW,
+        choices=C.MIXED_PRECISION,
     )
     xla: bool = opt(False, "compile the training step with XLA", group=HW)
     eager: bool = opt(
