@@ -288,6 +288,18 @@ def local_only():
 _PEER_LOST = ("Connection closed by peer", "Gloo", "connection reset", "Socket closed", "NCCL", "coordination")
 
 
+def shared_gpu(e: BaseException) -> str | None:
+    """When `e` is NCCL refusing two workers on one GPU (it takes one process per GPU): one line saying what
+    to change, else None. Seen on an H200 with two workers on one machine (tests: the error's own words)."""
+    if "Duplicate GPU detected" not in str(e):
+        return None
+    return (
+        "two workers share one GPU, and NCCL (JAX's GPU collectives) runs one process per GPU: start one "
+        "worker per machine (it trains on all of that machine's GPUs), or give each worker its own GPU "
+        "with CUDA_VISIBLE_DEVICES"
+    )
+
+
 def lost_worker(e: BaseException) -> str | None:
     """When `e` is a collective that failed because another process stopped: one line naming it (the worker
     whose heartbeat stopped first), else None."""

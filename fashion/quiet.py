@@ -46,7 +46,9 @@ NOISE = re.compile(
     rb"|WARNING:apache_beam\.runners\.portability\.local_job_service:Worker: severity: WARN"
     rb"|To enable the following instructions: .* in other operations, rebuild TensorFlow"
     # train.py on several processes: gloo's hello, and the line JAX logs just before the fatal one below
-    rb"|" + _GLOO_HELLO + rb"|E\d{4} [\d:.]+ +\d+ coordination_service_agent\.cc:\d+\] Polled an error)"
+    rb"|" + _GLOO_HELLO + rb"|E\d{4} [\d:.]+ +\d+ coordination_service_agent\.cc:\d+\] Polled an error"
+    # XLA's source positions under its E lines (a failed NCCL set-up prints a dozen): nothing to act on
+    rb"|=== Source Location Trace: ===|external/xla\+?/\S+:\d+\s*$)"
 )
 # A fatal C++ line that ends the process with a stack trace nobody can act on: printed as one line instead,
 # and everything after it (the trace, gRPC's details) dropped. JAX aborts a worker this way when the

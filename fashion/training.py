@@ -32,7 +32,7 @@ from . import cluster as cluster_lib, fileio, model as model_lib, pipeline, quie
 from .callbacks import Checkpoints, EpochEval, Progress, Tee
 from .config import TrainConfig
 from .devices import check_devices, setup_device
-from .errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_WORKER_LOST, TrainError
+from .errors import EXIT_FATAL, EXIT_INTERRUPTED, EXIT_OK, EXIT_WORKER_LOST, TrainError
 from .lr_finder import lr_find, suggest_lr
 from .optim import make_optimizer
 from .schedules import make_schedule
@@ -127,6 +127,9 @@ class Trainer:
         try:
             return self._run_opened(st)
         except Exception as e:  # a damaged shard met while reading: one line naming it, no traceback
+            shared = cluster_lib.shared_gpu(e)
+            if shared is not None:
+                self._stop_lost(shared, EXIT_FATAL)
             lost = cluster_lib.lost_worker(e)
             if lost is not None:
                 self._stop_lost(lost)
@@ -135,13 +138,13 @@ class Trainer:
                 raise
             raise TrainError(f"training stopped: {where}; {self._kept()}") from None
 
-    def _stop_lost(self, lost: str) -> None:
-        """Another process died: say so in one line and leave now. os._exit, because JAX's shutdown would
-        wait (up to 5 min) at a barrier for the process that is gone."""
+    def _stop_lost(self, lost: str, code: int = EXIT_WORKER_LOST) -> None:
+        """Another process died (or the processes cannot work together): say so in one line and leave now.
+        os._exit, because JAX's shutdown would wait (up to 5 min) at a barrier for a process that is gone."""
         print(f"error: {lost}; {self._kept(every=True)}", file=sys.stderr, flush=True)
         self._drop_private()
         quiet.drain_stdout()
-        os._exit(EXIT_WORKER_LOST)
+        os._exit(code)
 
     def _drop_private(self) -> None:
         """A worker other than 0: its private checkpoint folder goes when it leaves."""

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, SAMPLE, TINY_TRAIN
-from fashion import cluster
+from fashion import cluster, quiet
 from fashion.errors import TrainError
 
 jax_missing = pytest.mark.skipif(
@@ -80,6 +80,29 @@ def test_bad_cluster_options_are_one_line(workers, index, says, monkeypatch):
     monkeypatch.delenv(cluster.ENV_ADDRESSES, raising=False)
     with pytest.raises(TrainError, match=says):
         cluster.resolve(workers, index)
+
+
+# XLA's words when two workers of `train.py --workers` ran on one H200 (2026-12-04)
+NCCL_SHARED = (
+    "INTERNAL: NCCL operation ncclCommInitRankConfig( &comm, num_ranks, nccl_unique_ids, rank.value(), "
+    "&comm_config) failed: invalid usage (run with NCCL_DEBUG=WARN for details). Last NCCL warning(error) log "
+    "entry (may be unrelated) 'Duplicate GPU detected : rank 0 and rank 1 both on CUDA device 60'."
+)
+
+
+def test_two_workers_on_one_gpu_get_one_line_saying_what_to_change():
+    """NCCL takes one process per GPU; this cannot run here (no GPU), so the classifier gets XLA's own words."""
+    says = cluster.shared_gpu(RuntimeError(NCCL_SHARED))
+    assert says is not None and "share one GPU" in says and "CUDA_VISIBLE_DEVICES" in says
+    assert (
+        cluster.shared_gpu(RuntimeError("INTERNAL: NCCL operation ncclAllReduce failed: remote process exited")) is None
+    )
+    quiet_noise = [
+        b"=== Source Location Trace: === ",
+        b"external/xla+/xla/backends/gpu/collectives/nccl_communicator.cc:286",
+    ]
+    assert all(quiet.NOISE.match(line) for line in quiet_noise)
+    assert not quiet.NOISE.match(b"E1204 15:20:23.096005   13813 gpu_cliques.cc:454] Failed to initialize GPU clique")
 
 
 def test_several_machines_refuse_the_tensorflow_backend(dataset, tmp_path):
