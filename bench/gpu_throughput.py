@@ -3,19 +3,25 @@
 real input pipeline (real photos decoded and augmented on the host while the GPU trains), against the
 same model fed tensors already in memory, over batch sizes and mixed-precision policies.
 
-Run on the lent GPU machine (no TensorFlow there, so Keras' JAX backend; keras, namex and optree carried
-as wheels; ~6 min on one H200, compiles included):
+Run on the lent GPU machine (Keras' JAX backend; keras, namex and optree carried as wheels; each run
+compiles for 1-3 min with XLA's convolution autotuning, then trains for seconds):
     KERAS_BACKEND=jax PYTHONPATH=.:bench python3 bench/gpu_throughput.py
-CPU smoke run (1 min):
-    KERAS_BACKEND=jax .venv/bin/python bench/gpu_throughput.py --size 64 --runs memory:8:mixed_bfloat16,photos:8:mixed_bfloat16 --steps 3 --warmup 2
+    KERAS_BACKEND=jax PYTHONPATH=.:bench python3 bench/gpu_throughput.py --data RECORDS \
+        --runs memory:256:mixed_bfloat16,records:256:mixed_bfloat16
+CPU smoke run (2 min):
+    .venv/bin/python generate_dataset.py data/sample/train+val.txt --labels data/sample/labels.txt \
+        --out /tmp/sample-records --image-size 72
+    KERAS_BACKEND=jax .venv/bin/python bench/gpu_throughput.py --size 64 --data /tmp/sample-records \
+        --runs memory:8:mixed_bfloat16,photos:8:mixed_bfloat16,records:8:mixed_bfloat16 --steps 3 --warmup 2
 
-The input pipeline: the shipped CCP photos (data/sample, 387x256 JPEGs, Apache-2.0) held as bytes in memory
-(as record bytes are after the first epoch) and, per batch, decoded with OpenCV, scaled so the short side is
-8/7 of the crop, randomly cropped and flipped (the training pipeline's window at its smallest, 7/8 of the short
-side; tf.data there decodes only a random window of 7/8 to all of it, then resizes); batches made by
-`keras.utils.PyDataset` worker threads (OpenCV releases the GIL; processes would fork JAX). The product's
-own input is tf.data, which cannot reach that machine: TensorFlow's wheel is 572 MB, a call carries 64 MiB.
-Printed: host images/s of the pipeline alone, then training images/s per run and the ratios.
+Inputs: `memory` = batches decoded once and fed from memory (what the GPU step alone reaches); `photos` = the
+shipped CCP photos (data/sample, 387x256 JPEGs, Apache-2.0) held as bytes in memory and, per batch, decoded
+with OpenCV, scaled so the short side is 8/7 of the crop, randomly cropped and flipped (the training
+pipeline's window at its smallest) by `keras.utils.PyDataset` worker threads (OpenCV releases the GIL;
+processes would fork JAX); `records` = train.py's own tf.data pipeline (`pipeline.make_dataset`, training
+mode) over the dataset in --data: needs TensorFlow there, which can reach the lent machine as the CPU wheel
+(274 MB; 4 calls of 38 MB, see bench/RESULTS.md). Printed: host images/s of each pipeline alone, then training
+images/s per run and the ratios.
 """
 
 from __future__ import annotations
@@ -79,6 +85,30 @@ def host_rate(ds: Photos, workers: int, n: int) -> float:
     return n * ds.batch / (time.perf_counter() - t0)
 
 
+def records(data: Path, size: int, batch: int):
+    """train.py's training input over the dataset in `data`, repeated (the labels keyed as `ours` names its
+    heads), and the images/s it delivers alone on its second pass (the first fills its cache)."""
+    from fashion import pipeline
+
+    split = pipeline.describe_split(data, "train")
+    ds = pipeline.make_dataset(
+        split.files,
+        len(LABELS),
+        image_size=size,
+        batch_size=batch,
+        training=True,
+        cache=True,
+        count=split.count,
+        output_names=model_lib.head_names(LABELS),
+    )
+    for _ in ds:
+        pass
+    t0, n = time.perf_counter(), 0
+    for x, _ in ds:
+        n += int(x.shape[0])
+    return ds.repeat(), n / (time.perf_counter() - t0)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size", type=int, default=224, help="crop side in pixels (default: 224)")
@@ -86,8 +116,9 @@ def main() -> None:
         "--runs",
         default="memory:64:mixed_float16,memory:64:mixed_bfloat16,memory:256:mixed_bfloat16,"
         "photos:256:mixed_bfloat16,memory:128:mixed_bfloat16,photos:128:mixed_bfloat16",
-        help="INPUT:BATCH:POLICY,... (INPUT memory or photos; default: see the source)",
+        help="INPUT:BATCH:POLICY,... (INPUT memory, photos or records; default: see the source)",
     )
+    ap.add_argument("--data", type=Path, help="a dataset folder with 13 labels, for the records runs")
     ap.add_argument("--warmup", type=int, default=5, help="untimed first steps (default: 5)")
     ap.add_argument("--steps", type=int, default=30, help="timed steps (default: 30)")
     ap.add_argument("--workers", type=int, default=os.cpu_count(), help="pipeline threads (default: all cores)")
@@ -100,7 +131,11 @@ def main() -> None:
         batch = int(batch)
         keras.mixed_precision.set_global_policy(policy)
         photos = Photos(args.size, batch, n, args.workers)
-        if source == "photos":
+        if source == "records":
+            x, host = records(args.data, args.size, batch)
+            y = None
+            print(f"  train.py's pipeline alone, batch {batch}: {host:,.0f} img/s on the host", flush=True)
+        elif source == "photos":
             x, y = photos, None
             host = host_rate(photos, args.workers, min(n, 20))
             print(f"  pipeline alone, batch {batch}: {host:,.0f} img/s on the host", flush=True)
@@ -110,7 +145,8 @@ def main() -> None:
             y = {k: np.concatenate([b[1][k] for b in batches]) for k in batches[0][1]}
         t0 = time.perf_counter()
         timer = StepTimer()
-        fit_batch = {} if source == "photos" else {"batch_size": batch}  # a PyDataset makes its own batches
+        # a PyDataset or tf.data makes its own batches; tf.data's repeats, so Keras is told the steps
+        fit_batch = {"memory": {"batch_size": batch}, "photos": {}, "records": {"steps_per_epoch": n}}[source]
         ours(args.size, "all").fit(x, y, epochs=1, verbose=0, shuffle=False, callbacks=[timer], **fit_batch)
         r = timer.rate(batch, args.warmup)
         results.append((source, batch, policy, r))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import re
 import signal
@@ -227,6 +228,8 @@ def test_train_end_to_end_bundle_thresholds_and_reload(dataset, tmp_path, capsys
     history = (tmp_path / "log" / "e2e" / "history.csv").read_text().splitlines()
     assert len(history) == 3 and "val_mAP" in history[0] and "head_shoes_loss" in history[0]
     assert "val_ap_head_gloves" in history[0] and "learning_rate" in history[0]
+    speeds = [float(row[history[0].split(",").index("train_img_per_s")]) for row in csv.reader(history[1:])]
+    assert all(v > 0 for v in speeds) and re.search(r"^epoch 2: .*; train [\d,]+ img/s\)$", out, re.M), out
     assert list((tmp_path / "log" / "e2e").rglob("events.out.tfevents*"))
     assert (tmp_path / "log" / "e2e" / "config.yaml").is_file()
 
