@@ -137,13 +137,15 @@ def make_dataset(
     count: int | None = None,
     column: int | None = None,
     shard: tuple[int, int, int] | None = None,
+    full_batches: bool = False,
 ) -> tf.data.Dataset:
     """Batches of (uint8 images, labels): labels as a dict {output name: (B, 1)} when names are given,
     as the (B, 1) column `column` when that is given (a binary task's positive class), else (B, K).
 
     `count` (records in the files, from the manifest) lets Keras know the epoch length up front.
     `shard` = (processes, index, steps): this process's 1/N of the records (every N-th, in file order, so
-    the processes' parts are disjoint), as exactly `steps` full batches.
+    the processes' parts are disjoint), as exactly `steps` full batches. `full_batches`: drop the short last
+    batch (the records it would hold wait for another epoch's shuffle).
     """
     AUTOTUNE = tf.data.AUTOTUNE
     if shard is not None:
@@ -167,7 +169,14 @@ def make_dataset(
         )
     else:
         ds = ds.map(make_eval_image(image_size), num_parallel_calls=AUTOTUNE)
-    ds = ds.batch(batch_size, drop_remainder=shard is not None, num_parallel_calls=AUTOTUNE, deterministic=not training)
+    ds = ds.batch(
+        batch_size,
+        drop_remainder=shard is not None or full_batches,
+        num_parallel_calls=AUTOTUNE,
+        deterministic=not training,
+    )
+    if full_batches and count is not None:
+        count = count // batch_size * batch_size
     if shard is not None:
         ds, count = ds.take(shard[2]), shard[2] * batch_size
     if output_names is not None:

@@ -37,6 +37,19 @@ def batch_from(dataset, n=16, training=False):
     return next(iter(ds))
 
 
+def test_full_batches_drop_only_the_short_last_batch(dataset):
+    """The JAX backend's epochs (one compile per batch shape): whole batches, the cardinality Keras is told."""
+    split = pipeline.describe_split(dataset, "train")
+    batch = next(b for b in range(7, 64) if split.count % b)
+    args = dict(image_size=SIZE, batch_size=batch, training=True, seed=0, count=split.count)
+    whole = pipeline.make_dataset(split.files, len(LABELS), full_batches=True, **args)
+    plain = pipeline.make_dataset(split.files, len(LABELS), **args)
+    assert [int(x.shape[0]) for x, _ in whole] == [batch] * (split.count // batch)
+    assert int(whole.cardinality()) == split.count // batch
+    sizes = [int(x.shape[0]) for x, _ in plain]
+    assert sum(sizes) == split.count and sizes[-1] == split.count % batch
+
+
 def test_head_weight_formulas_on_known_counts():
     pos, n = [10, 40, 0, 50], 100
     np.testing.assert_allclose(losses.head_weights(pos, n, "none"), [1, 1, 1, 1])
