@@ -91,16 +91,8 @@ def records(data: Path, size: int, batch: int):
     from fashion import pipeline
 
     split = pipeline.describe_split(data, "train")
-    ds = pipeline.make_dataset(
-        split.files,
-        len(LABELS),
-        image_size=size,
-        batch_size=batch,
-        training=True,
-        cache=True,
-        count=split.count,
-        output_names=model_lib.head_names(LABELS),
-    )
+    opts = {"image_size": size, "batch_size": batch, "training": True, "cache": True, "count": split.count}
+    ds = pipeline.make_dataset(split.files, len(LABELS), output_names=model_lib.head_names(LABELS), **opts)
     for _ in ds:
         pass
     t0, n = time.perf_counter(), 0
