@@ -86,6 +86,7 @@ class TrainState:
     train_ds: Any = None
     val_ds: Any = None
     y_val: np.ndarray | None = None
+    batch: int = 0  # this process's batch (every replica's)
     steps: int = 0  # optimizer steps per epoch
     best_score: float = float("-inf")  # the task's monitored validation score, best so far
     stage_index: int = 0  # the stage model.fit is in, and the epoch that stage began at (for Ctrl-C)
@@ -219,7 +220,7 @@ class Trainer:
             cluster_lib.watch(self._stop_lost)  # a worker that dies or hangs stops this one, named
             if not self.writer:
                 self.out_dir = Path(tempfile.mkdtemp(prefix=f"fashion-worker{self.cluster.index}-"))
-        batch = cfg.batch_size * st.strategy.num_replicas_in_sync  # this process's batch
+        st.batch = batch = cfg.batch_size * st.strategy.num_replicas_in_sync
         small = sum(s["bytes"] for s in st.manifest["splits"]["train"]["shards"]) < (1 << 30)
         n, target = len(st.task.labels), st.task.dataset_args()
         processes = self.cluster.size if self.cluster else 1
@@ -373,10 +374,9 @@ class Trainer:
 
     def _images(self, st: TrainState):
         """Images an epoch of `steps` steps trains on, every process's (for the img/s on the epoch line)."""
-        batch = self.cfg.batch_size * st.strategy.num_replicas_in_sync
         if self.cluster is not None:  # full batches only, one per process per step
-            return lambda steps: steps * batch * self.cluster.size
-        return lambda steps: min(steps * batch, st.train.count)  # the last batch may be short
+            return lambda steps: steps * st.batch * self.cluster.size
+        return lambda steps: min(steps * st.batch, st.train.count)  # the last batch may be short
 
     def _save_interrupted(self, model, st: TrainState) -> None:
         """Ctrl-C: checkpoint weights + optimiser mid-epoch; state.json records the steps already taken."""
