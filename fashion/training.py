@@ -29,7 +29,7 @@ import keras
 import numpy as np
 
 from . import cluster as cluster_lib, fileio, model as model_lib, pipeline, quiet, records
-from .callbacks import Checkpoints, EpochEval, Progress, Tee
+from .callbacks import Checkpoints, CtrlC, EpochEval, Progress, Tee
 from .config import TrainConfig
 from .devices import check_devices, setup_device
 from .errors import EXIT_FATAL, EXIT_INTERRUPTED, EXIT_OK, EXIT_WORKER_LOST, TrainError
@@ -327,20 +327,22 @@ class Trainer:
         partial = st.start.step if resuming else 0
         if not (resuming and (epoch > done or partial)):  # a stage resumed mid-way keeps its optimiser
             self._start_stage(model, st, i, epoch, end)
-        checkpoints = Checkpoints(self.out_dir, i, st.task.monitor, st.best_score)
+        checkpoints, ctrl_c = Checkpoints(self.out_dir, i, st.task.monitor, st.best_score), CtrlC()
         fit = dict(
             validation_data=st.val_ds,
-            callbacks=self._callbacks(st, checkpoints),
+            callbacks=[*self._callbacks(st, checkpoints), ctrl_c],  # last: the epoch's checkpoint comes first
             shuffle=False,
             verbose=1 if sys.stdout.isatty() else 0,
             **st.task.fit_args(cfg, st.weights),
         )
         st.stage_index, st.stage_start = i, done
-        if partial:
-            model.fit(st.train_ds, epochs=epoch + 1, initial_epoch=epoch, steps_per_epoch=st.steps - partial, **fit)
-            epoch += 1
-        if epoch < end:
-            model.fit(st.train_ds, epochs=end, initial_epoch=epoch, **fit)
+        with ctrl_c:
+            if partial:
+                steps = st.steps - partial
+                model.fit(st.train_ds, epochs=epoch + 1, initial_epoch=epoch, steps_per_epoch=steps, **fit)
+                epoch += 1
+            if epoch < end:
+                model.fit(st.train_ds, epochs=end, initial_epoch=epoch, **fit)
         st.best_score = checkpoints.best_score
         Progress(i + 1, end, st.best_score).save(self.out_dir)
 
