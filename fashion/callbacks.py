@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import signal
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,7 +12,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from . import fileio
+from . import fileio, interrupts
 from .optim import current_lr
 
 
@@ -105,38 +103,14 @@ class Checkpoints(keras.callbacks.Callback):
 
 
 class CtrlC(keras.callbacks.Callback):
-    """Ctrl-C stops `fit` even where Keras drops the KeyboardInterrupt. On the JAX backend the main
-    thread waits for each step inside Keras' `pythonify_logs`, whose bare `except:` swallows it
-    (keras/src/utils/python_utils.py), so training ran on to the end. Used as `with CtrlC() as c:
-    model.fit(..., callbacks=[..., c])`: the handler still raises at once and also remembers the
-    signal; the next batch or epoch end raises it again."""
+    """Stops `fit` at the next batch or epoch end after a Ctrl-C that was swallowed on its way
+    (fashion.interrupts: on the JAX backend Keras waits for every step inside a bare `except:`).
+    Last in the list, so that an epoch's checkpoint is written first."""
 
     async_safe = True  # raised in Keras' callback thread, it comes back at fit's next dispatch
 
-    def __init__(self):
-        super().__init__()
-        self.pending, self._previous = False, None
-
-    def __enter__(self):
-        self.pending = False
-        # only Python's own handler is replaced: a Ctrl-C ignored by the parent stays ignored
-        if threading.current_thread() is threading.main_thread():
-            if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
-                self._previous = signal.signal(signal.SIGINT, self._interrupt)
-        return self
-
-    def __exit__(self, *exc):
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
-            self._previous = None
-
-    def _interrupt(self, signum, frame):
-        self.pending = True
-        raise KeyboardInterrupt
-
     def _raise_pending(self, *args, **kwargs):
-        if self.pending:
-            raise KeyboardInterrupt
+        interrupts.check()
 
     on_train_batch_end = on_test_batch_end = on_epoch_begin = on_epoch_end = _raise_pending
 

@@ -17,7 +17,7 @@ import textwrap
 from collections.abc import Callable
 from pathlib import Path
 
-from . import cluster, quiet
+from . import cluster, interrupts, quiet
 from .config import DetectConfig, EvaluateConfig, IngestConfig, TrainConfig
 from .errors import EXIT_FATAL, EXIT_INTERRUPTED, EXIT_OK, FashionError
 from .options import build_parser, configure
@@ -28,6 +28,8 @@ def _fatal(errors: tuple[type[Exception], ...], job: Callable[[], int]) -> int:
     try:
         return job()
     except errors as e:
+        if interrupts.caused(e):  # a Ctrl-C that library code turned into an error on its way
+            raise KeyboardInterrupt from None
         print(f"error: {e}", file=sys.stderr)
         return EXIT_FATAL
 
@@ -161,6 +163,7 @@ def train_parser() -> argparse.ArgumentParser:
 
 
 def train_main(argv: list[str] | None = None) -> int:
+    own_process = argv is None
     argv = _argv(argv)
     args = vars(train_parser().parse_args(argv))
 
@@ -171,7 +174,19 @@ def train_main(argv: list[str] | None = None) -> int:
 
         return training.Trainer(cfg, " ".join(["python", "train.py", *argv])).run()
 
-    return _fatal((FashionError, FileNotFoundError, ValueError), job)
+    try:
+        with interrupts.latched():  # from the first import on: a Ctrl-C swallowed on the way still counts
+            code = _fatal((FashionError, FileNotFoundError, ValueError), job)
+    except (KeyboardInterrupt, Exception) as e:  # while loading TensorFlow/JAX (then the Trainer says what it keeps)
+        if not interrupts.caused(e):
+            raise
+        print("\ninterrupted while starting; nothing written", file=sys.stderr)
+        code = EXIT_INTERRUPTED
+    if own_process:
+        _exit_on_interrupt()  # the run is over: a Ctrl-C in the interpreter's teardown ends it with 130
+        if code == EXIT_INTERRUPTED:  # everything kept is written: no teardown of threads cut short
+            _leave(EXIT_INTERRUPTED)  # (XLA stopped mid-compile crashed in it: SIGSEGV instead of 130)
+    return code
 
 
 # --------------------------------------------------------------------------- detect.py

@@ -14,6 +14,7 @@ devices, --lr-find in lr_finder. This module runs the steps in order.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
 import os
@@ -28,7 +29,7 @@ from typing import Any
 import keras
 import numpy as np
 
-from . import cluster as cluster_lib, fileio, model as model_lib, pipeline, quiet, records
+from . import cluster as cluster_lib, fileio, interrupts, model as model_lib, pipeline, quiet, records
 from .callbacks import Checkpoints, CtrlC, EpochEval, Progress, Tee
 from .config import TrainConfig
 from .devices import check_devices, setup_device
@@ -93,6 +94,12 @@ class TrainState:
     stage_start: int = 0
 
 
+def _weights_out(model) -> bool:
+    """JAX backend: fit takes the variables' values into its step function and puts them back after
+    each step; stopped inside the first one (while XLA compiles it), the model has none to save."""
+    return any(getattr(v, "_value", 0) is None for v in [*model.trainable_variables, *model.optimizer.variables])
+
+
 class Trainer:
     """`Trainer(cfg, command).run()` -> exit code: plan, open the run, load data and model, then each stage,
     then the bundle; Ctrl-C saves a checkpoint to --resume from."""
@@ -109,12 +116,19 @@ class Trainer:
         self.writer = self.cluster is None or self.cluster.writer
         # where this process's checkpoints go: worker 0's are the run's; each other worker keeps its own in
         # a private temporary folder (for the end of the run: no shared disk needed but for --resume)
+        self._board = None  # the TensorBoard callback of the stage training now
         self.out_dir = self.save_dir  # the others' folder is made when their training starts (_load_data)
 
     def run(self) -> int:
         stdout = sys.stdout
         try:
             code = self._run()
+        except (KeyboardInterrupt, Exception) as e:  # outside training (start-up, the bundle): what is kept
+            if not interrupts.caused(e):
+                raise
+            interrupts.handled()
+            print(f"\ninterrupted; {self._kept()}", file=sys.stderr)
+            code = EXIT_INTERRUPTED
         finally:
             if isinstance(sys.stdout, Tee):
                 sys.stdout.file.close()
@@ -123,11 +137,14 @@ class Trainer:
         return code
 
     def _run(self) -> int:
+        interrupts.check()  # swallowed while TensorFlow/JAX loaded
         st = self._plan()
         self._open_run()
         try:
             return self._run_opened(st)
         except Exception as e:  # a damaged shard met while reading: one line naming it, no traceback
+            if interrupts.caused(e):
+                raise
             shared = cluster_lib.shared_gpu(e)
             if shared is not None:
                 self._stop_lost(shared, EXIT_FATAL)
@@ -137,12 +154,12 @@ class Trainer:
             where = pipeline.read_failure(e, self.cfg.data)
             if where is None:
                 raise
-            raise TrainError(f"training stopped: {where}; {self._kept()}") from None
+            raise TrainError(f"training stopped: {where}; {self._kept('fix the data')}") from None
 
     def _stop_lost(self, lost: str, code: int = EXIT_WORKER_LOST) -> None:
         """Another process died (or the processes cannot work together): say so in one line and leave now.
         os._exit, because JAX's shutdown would wait (up to 5 min) at a barrier for a process that is gone."""
-        print(f"error: {lost}; {self._kept(every=True)}", file=sys.stderr, flush=True)
+        print(f"error: {lost}; {self._kept('restart every worker')}", file=sys.stderr, flush=True)
         self._drop_private()
         quiet.drain_stdout()
         os._exit(code)
@@ -161,8 +178,13 @@ class Trainer:
                 self._compile(model, st, st.stages[0].layers, 1e-7)
             return lr_find(model, st.train_ds, self.log_dir / "lr_find.png", st.steps)
         try:
+            interrupts.check()  # a Ctrl-C swallowed while loading
             self._train(model, st)
-        except KeyboardInterrupt:
+            interrupts.check()
+        except (KeyboardInterrupt, Exception) as e:
+            if not interrupts.caused(e):
+                raise
+            interrupts.handled()
             self._save_interrupted(model, st)
             return EXIT_INTERRUPTED
         return self._finish(model, st)
@@ -327,22 +349,22 @@ class Trainer:
         partial = st.start.step if resuming else 0
         if not (resuming and (epoch > done or partial)):  # a stage resumed mid-way keeps its optimiser
             self._start_stage(model, st, i, epoch, end)
-        checkpoints, ctrl_c = Checkpoints(self.out_dir, i, st.task.monitor, st.best_score), CtrlC()
+        checkpoints = Checkpoints(self.out_dir, i, st.task.monitor, st.best_score)
         fit = dict(
             validation_data=st.val_ds,
-            callbacks=[*self._callbacks(st, checkpoints), ctrl_c],  # last: the epoch's checkpoint comes first
+            callbacks=[*self._callbacks(st, checkpoints), CtrlC()],
             shuffle=False,
             verbose=1 if sys.stdout.isatty() else 0,
             **st.task.fit_args(cfg, st.weights),
         )
         st.stage_index, st.stage_start = i, done
-        with ctrl_c:
-            if partial:
-                steps = st.steps - partial
-                model.fit(st.train_ds, epochs=epoch + 1, initial_epoch=epoch, steps_per_epoch=steps, **fit)
-                epoch += 1
-            if epoch < end:
-                model.fit(st.train_ds, epochs=end, initial_epoch=epoch, **fit)
+        if keras.backend.backend() == "jax":  # a Ctrl-C in fit's first step must not put back an earlier fit's state
+            model._jax_state = None
+        if partial:
+            model.fit(st.train_ds, epochs=epoch + 1, initial_epoch=epoch, steps_per_epoch=st.steps - partial, **fit)
+            epoch += 1
+        if epoch < end:
+            model.fit(st.train_ds, epochs=end, initial_epoch=epoch, **fit)
         st.best_score = checkpoints.best_score
         Progress(i + 1, end, st.best_score).save(self.out_dir)
 
@@ -361,10 +383,8 @@ class Trainer:
     def _callbacks(self, st: TrainState, checkpoints: Checkpoints) -> list:
         cbs = [EpochEval(st.task, st.val_ds, st.y_val, self._images(st)), checkpoints]
         if self.writer:
-            cbs += [
-                keras.callbacks.CSVLogger(str(self.log_dir / "history.csv"), append=True),
-                keras.callbacks.TensorBoard(str(self.log_dir), write_graph=False, profile_batch=0),
-            ]
+            self._board = keras.callbacks.TensorBoard(str(self.log_dir), write_graph=False, profile_batch=0)
+            cbs += [keras.callbacks.CSVLogger(str(self.log_dir / "history.csv"), append=True), self._board]
         if self.cfg.schedule == "plateau":
             cbs.insert(
                 1,
@@ -382,6 +402,9 @@ class Trainer:
 
     def _save_interrupted(self, model, st: TrainState) -> None:
         """Ctrl-C: checkpoint weights + optimiser mid-epoch; state.json records the steps already taken."""
+        if self._board is not None:  # fit did not end it: its last epoch's scalars reach the event file now
+            with contextlib.suppress(Exception):
+                self._board.on_train_end()
         if not self.writer:
             print("\ninterrupted; worker 0 keeps the checkpoint", file=sys.stderr)
             return
@@ -389,6 +412,9 @@ class Trainer:
         saved = Progress.load(self.save_dir) if path.is_file() else Progress(st.stage_index, st.stage_start)
         if saved.stage != st.stage_index:  # interrupted right at a stage boundary: nothing of the new stage to keep
             print("\ninterrupted between stages; rerun with --resume to go on", file=sys.stderr)
+            return
+        if getattr(model, "optimizer", None) is None or _weights_out(model):  # nothing newer than the checkpoint
+            print(f"\ninterrupted; {self._kept()}", file=sys.stderr)
             return
         taken = int(np.asarray(model.optimizer.iterations)) - st.steps * (saved.epoch - st.stage_start)
         self.save_dir.mkdir(parents=True, exist_ok=True)
@@ -401,15 +427,15 @@ class Trainer:
             file=sys.stderr,
         )
 
-    def _kept(self, every: bool = False) -> str:
-        """After a fault: what the run keeps and how to go on (`every`: a lost worker, all of them rerun)."""
-        fix = "restart every worker" if every else "fix the data"
+    def _kept(self, fix: str = "") -> str:
+        """After a fault: what the run keeps and how to go on (`fix`: what to do first, e.g. 'fix the data')."""
         if not (self.save_dir / "last.keras").is_file():
-            return f"no checkpoint yet, nothing written to {self.save_dir}; {fix} and rerun"
+            return f"no checkpoint yet, nothing written to {self.save_dir}; " + (f"{fix} and rerun" if fix else "rerun")
         epoch = Progress.load(self.save_dir).epoch if (self.save_dir / Progress.FILE).is_file() else "?"
         return (
-            f"checkpoint kept: {self.save_dir / 'last.keras'} (after epoch {epoch}); {fix}, then rerun "
-            f"with --resume --run {self.cfg.run}"
+            f"checkpoint kept: {self.save_dir / 'last.keras'} (after epoch {epoch}); "
+            + (f"{fix}, then rerun" if fix else "rerun")
+            + f" with --resume --run {self.cfg.run}"
         )
 
     # ------------------------------------------------------------------ the bundle
@@ -428,6 +454,7 @@ class Trainer:
             self._drop_private()
             print(f"{self.cluster.name(self.cluster.index)}: done; {self.cluster.name(0)} writes the bundle")
             return EXIT_OK
+        interrupts.check()  # a Ctrl-C swallowed while scoring: the checkpoints stay, no bundle
         self.save_dir.mkdir(parents=True, exist_ok=True)
         fileio.save_model_atomic(model, self.save_dir / "model.keras")
         fileio.atomic_write_json(self.save_dir / "meta.json", st.task.bundle_meta(self._run_fields(st), st.weights, v))

@@ -431,3 +431,32 @@ def test_lr_find_writes_plot_and_suggests(dataset, tmp_path, capsys):
     assert "suggested learning rate" in capsys.readouterr().out
     png = tmp_path / "log" / "lf" / "lr_find.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_ctrl_c_swallowed_by_a_gc_callback_is_raised_again_at_the_next_check():
+    """JAX's gc callback (Keras imports JAX on every backend) turns a KeyboardInterrupt raised inside
+    it into an "Exception ignored" report: the run went on as if Ctrl-C had not been pressed."""
+    import gc
+
+    from fashion import interrupts
+
+    def callback(phase, info):
+        if phase == "start":
+            signal.raise_signal(signal.SIGINT)  # the handler runs here, inside the callback
+        sum(range(100))  # bytecode for it to run at
+
+    reported = []
+    gc.callbacks.append(callback)
+    hook, sys.unraisablehook = sys.unraisablehook, reported.append
+    try:
+        with interrupts.latched():
+            gc.collect()  # the KeyboardInterrupt is raised in the callback and dropped by gc
+            with pytest.raises(KeyboardInterrupt):
+                interrupts.check()
+            interrupts.handled()
+            interrupts.check()  # handled: not raised a second time
+    finally:
+        gc.callbacks.remove(callback)
+        sys.unraisablehook = hook
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert reported == [], "no 'Exception ignored' traceback for the remembered Ctrl-C"
