@@ -103,16 +103,22 @@ class Checkpoints(keras.callbacks.Callback):
 
 
 class CtrlC(keras.callbacks.Callback):
-    """Stops `fit` at the next batch or epoch end after a Ctrl-C that was swallowed on its way
-    (fashion.interrupts: on the JAX backend Keras waits for every step inside a bare `except:`).
-    Last in the list, so that an epoch's checkpoint is written first."""
+    """Stops `fit` at the next batch end after a Ctrl-C that was swallowed on its way (fashion.interrupts:
+    on the JAX backend Keras waits for every step inside a bare `except:`). Once an epoch's steps are done,
+    a Ctrl-C waits for its validation and checkpoint (last in the list: after Checkpoints), so that the
+    resumed run starts at the next epoch instead of training a step again."""
 
     async_safe = True  # raised in Keras' callback thread, it comes back at fit's next dispatch
 
-    def _raise_pending(self, *args, **kwargs):
+    def on_train_batch_end(self, batch, logs=None):
         interrupts.check()
 
-    on_train_batch_end = on_test_batch_end = on_epoch_begin = on_epoch_end = _raise_pending
+    def on_test_begin(self, logs=None):
+        interrupts.defer(True)
+
+    def on_epoch_end(self, epoch, logs=None):
+        interrupts.defer(False)
+        interrupts.check()
 
 
 class Tee:

@@ -417,9 +417,12 @@ class Trainer:
             print(f"\ninterrupted; {self._kept()}", file=sys.stderr)
             return
         taken = int(np.asarray(model.optimizer.iterations)) - st.steps * (saved.epoch - st.stage_start)
+        if taken >= st.steps:  # stopped in the epoch's validation: resuming from here would train a step more
+            print(f"\ninterrupted; {self._kept()}", file=sys.stderr)
+            return
         self.save_dir.mkdir(parents=True, exist_ok=True)
         fileio.save_model_atomic(model, self.save_dir / "last.keras")
-        saved.step = max(0, min(taken, st.steps - 1))
+        saved.step = max(0, taken)
         saved.save(self.save_dir)
         print(
             f"\ninterrupted: checkpoint saved to {self.save_dir}/last.keras (epoch {saved.epoch + 1}, "

@@ -460,3 +460,34 @@ def test_a_ctrl_c_swallowed_by_a_gc_callback_is_raised_again_at_the_next_check()
         sys.unraisablehook = hook
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
     assert reported == [], "no 'Exception ignored' traceback for the remembered Ctrl-C"
+
+
+def test_ctrl_c_in_validation_waits_for_the_epochs_checkpoint_and_a_second_one_does_not(capsys):
+    """After an epoch's steps, a first Ctrl-C lets validation and the checkpoint finish (the resumed run
+    starts at the next epoch, no step trained twice); a second one stops at once."""
+    from fashion import interrupts
+    from fashion.callbacks import CtrlC
+
+    class Press(keras.callbacks.Callback):  # Ctrl-C as the user presses it, at chosen points
+        def __init__(self, times):
+            super().__init__()
+            self.times, self.ended = times, []
+
+        def on_test_batch_end(self, batch, logs=None):
+            for _ in range(self.times if batch == 0 else 0):
+                signal.raise_signal(signal.SIGINT)
+
+        def on_epoch_end(self, epoch, logs=None):
+            self.ended.append(epoch)  # where Checkpoints writes the epoch's checkpoint
+
+    x, y = np.zeros((32, 4), "float32"), np.zeros((32, 1), "float32")
+    for times, ended in ((1, [0]), (2, [])):
+        model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1)])
+        model.compile("sgd", "mse")
+        press = Press(times)
+        with interrupts.latched(), pytest.raises(KeyboardInterrupt):
+            model.fit(x, y, batch_size=8, epochs=3, validation_data=(x, y), callbacks=[press, CtrlC()], verbose=0)
+        assert press.ended == ended
+        assert int(np.asarray(model.optimizer.iterations)) == 4, "the first epoch's steps, none after"
+        interrupts.handled()
+    assert "stopping once this epoch is scored and saved" in capsys.readouterr().err
