@@ -210,25 +210,15 @@ def run_train(args, **kw):
     )
 
 
+def tiny(dataset, tmp_path, run: str, *extra: str) -> list[str]:
+    """train.py's arguments for a from-scratch run at SIZE px on `dataset`, under tmp_path/ms and /log."""
+    where = ["--run", run, "--model-save", str(tmp_path / "ms"), "--log", str(tmp_path / "log")]
+    return ["--data", str(dataset), "--weights", "none", "--image-size", str(SIZE), *extra, *where]
+
+
 @pytest.mark.slow
 def test_train_end_to_end_bundle_thresholds_and_reload(dataset, tmp_path, capsys):
-    args = [
-        "--data",
-        str(dataset),
-        "--weights",
-        "none",
-        "--image-size",
-        str(SIZE),
-        "--stages",
-        "heads:1,all:1",
-        "--run",
-        "e2e",
-        "--model-save",
-        str(tmp_path / "ms"),
-        "--log",
-        str(tmp_path / "log"),
-        "--eager",
-    ]
+    args = tiny(dataset, tmp_path, "e2e", "--stages", "heads:1,all:1", "--eager")
     assert train_main(args) == 0
     out = capsys.readouterr().out
     assert "constant" in out and "priors" in out and "stage 2/2: layers=all" in out
@@ -272,27 +262,7 @@ def test_train_end_to_end_bundle_thresholds_and_reload(dataset, tmp_path, capsys
 @pytest.mark.slow
 def test_ctrl_c_then_resume_continues_epochs_and_optimizer(dataset, tmp_path):
     ms, log = tmp_path / "ms", tmp_path / "log"
-    args = [
-        "--data",
-        str(dataset),
-        "--weights",
-        "none",
-        "--image-size",
-        str(SIZE),
-        "--layers",
-        "heads",
-        "--epochs",
-        "3",
-        "--batch-size",
-        "16",
-        "--run",
-        "r",
-        "--model-save",
-        str(ms),
-        "--log",
-        str(log),
-        "--eager",
-    ]
+    args = tiny(dataset, tmp_path, "r", "--layers", "heads", "--epochs", "3", "--batch-size", "16", "--eager")
     history = log / "r" / "history.csv"
     _interrupt_after_first_epoch(run_train(args), history)
     state = json.loads((ms / "r" / "state.json").read_text())
@@ -326,14 +296,12 @@ def test_ctrl_c_on_the_jax_backend_stops_training_and_resume_finishes(dataset, t
     """On JAX, Keras waits for each step inside a bare `except:` (pythonify_logs) that swallowed the
     KeyboardInterrupt: Ctrl-C was lost and training ran to the end with exit 0."""
     ms, log, epochs, batch = tmp_path / "ms", tmp_path / "log", 8, 16
-    args = [
-        "--data",
-        str(dataset),
-        "--weights",
-        "none",
-        "--image-size",
-        str(SIZE),
-        "--backbone",  # the trainer is checked here, not the trunk: the lighter one
+    # the trainer is checked here, not the trunk: the lighter one
+    args = tiny(
+        dataset,
+        tmp_path,
+        "j",
+        "--backbone",
         "mobilenetv2",
         "--layers",
         "heads",
@@ -341,15 +309,9 @@ def test_ctrl_c_on_the_jax_backend_stops_training_and_resume_finishes(dataset, t
         str(epochs),
         "--batch-size",
         str(batch),
-        "--run",
-        "j",
-        "--model-save",
-        str(ms),
-        "--log",
-        str(log),
         "--backend",
         "jax",
-    ]
+    )
     history = log / "j" / "history.csv"
     _interrupt_after_first_epoch(run_train(args), history, into=0.5)
     assert 1 <= json.loads((ms / "j" / "state.json").read_text())["epoch"] < epochs
@@ -368,28 +330,20 @@ def test_ctrl_c_on_the_jax_backend_stops_training_and_resume_finishes(dataset, t
 def test_resume_after_a_finished_stage_trains_only_what_is_left(dataset, tmp_path, capsys):
     """A run stopped between its stages resumes with the epochs left: the stage loop once counted the
     finished stages' epochs twice (`heads:1,heads:1` stopped after stage 1 trained epochs 2 and 3)."""
-    ms, log = tmp_path / "ms", tmp_path / "log"
-    args = [
-        "--data",
-        str(dataset),
-        "--weights",
-        "none",
-        "--image-size",
-        str(SIZE),
-        "--backbone",  # the stage loop is checked here, not the trunk: the lighter one
+    ms = tmp_path / "ms"
+    # the stage loop is checked here, not the trunk: the lighter one
+    args = tiny(
+        dataset,
+        tmp_path,
+        "r",
+        "--backbone",
         "mobilenetv2",
         "--stages",
         "heads:1,heads:1",
         "--batch-size",
         "16",
-        "--run",
-        "r",
-        "--model-save",
-        str(ms),
-        "--log",
-        str(log),
         "--eager",
-    ]
+    )
     assert train_main(args) == 0
     state = json.loads((ms / "r" / "state.json").read_text())
     assert (state["stage"], state["epoch"]) == (2, 2)
@@ -409,24 +363,7 @@ def test_lr_find_writes_plot_and_suggests(dataset, tmp_path, capsys):
     curve = [5.0] * 10 + list(np.linspace(5.0, 2.0, 12)) + [2.5, 4, 8, 16, 32, 64, 90, 99]
     lr = suggest_lr(lrs, curve)
     assert lrs[10] < lr < lrs[21], "inside the falling stretch"
-    args = [
-        "--data",
-        str(dataset),
-        "--weights",
-        "none",
-        "--image-size",
-        str(SIZE),
-        "--layers",
-        "heads",
-        "--lr-find",
-        "--run",
-        "lf",
-        "--model-save",
-        str(tmp_path / "ms"),
-        "--log",
-        str(tmp_path / "log"),
-        "--eager",
-    ]
+    args = tiny(dataset, tmp_path, "lf", "--layers", "heads", "--lr-find", "--eager")
     assert train_main(args) == 0
     assert "suggested learning rate" in capsys.readouterr().out
     png = tmp_path / "log" / "lf" / "lr_find.png"
