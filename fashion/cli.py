@@ -34,6 +34,24 @@ def _fatal(errors: tuple[type[Exception], ...], job: Callable[[], int]) -> int:
         return EXIT_FATAL
 
 
+def _interruptible(own_process: bool, errors: tuple[type[Exception], ...], job: Callable[[], int], said: str) -> int:
+    """`_fatal(errors, job)` with Ctrl-C latched from the first import on (fashion.interrupts): a Ctrl-C, even
+    one that library code dropped or turned into another error, ends it with the line `said` and 130."""
+    try:
+        with interrupts.latched():
+            code = _fatal(errors, job)
+    except (KeyboardInterrupt, Exception) as e:
+        if not interrupts.caused(e):
+            raise
+        print(f"\n{said}", file=sys.stderr)
+        code = EXIT_INTERRUPTED
+    if own_process:
+        _exit_on_interrupt()  # the job is over: a Ctrl-C in the interpreter's teardown ends it with 130
+        if code == EXIT_INTERRUPTED:  # everything kept is written: no teardown of threads cut short
+            _leave(EXIT_INTERRUPTED)  # (XLA stopped mid-compile crashed in it: SIGSEGV instead of 130)
+    return code
+
+
 def _argv(argv: list[str] | None) -> list[str]:
     """The arguments; in the command's own process (argv None: the script or console entry point) also
     TensorFlow's start-up noise filtered off stderr from here on (quiet.install)."""
@@ -174,19 +192,9 @@ def train_main(argv: list[str] | None = None) -> int:
 
         return training.Trainer(cfg, " ".join(["python", "train.py", *argv])).run()
 
-    try:
-        with interrupts.latched():  # from the first import on: a Ctrl-C swallowed on the way still counts
-            code = _fatal((FashionError, FileNotFoundError, ValueError), job)
-    except (KeyboardInterrupt, Exception) as e:  # while loading TensorFlow/JAX (then the Trainer says what it keeps)
-        if not interrupts.caused(e):
-            raise
-        print("\ninterrupted while starting; nothing written", file=sys.stderr)
-        code = EXIT_INTERRUPTED
-    if own_process:
-        _exit_on_interrupt()  # the run is over: a Ctrl-C in the interpreter's teardown ends it with 130
-        if code == EXIT_INTERRUPTED:  # everything kept is written: no teardown of threads cut short
-            _leave(EXIT_INTERRUPTED)  # (XLA stopped mid-compile crashed in it: SIGSEGV instead of 130)
-    return code
+    # the line is for Ctrl-C while TensorFlow/JAX load; from then on the Trainer says what it keeps
+    errors = (FashionError, FileNotFoundError, ValueError)
+    return _interruptible(own_process, errors, job, "interrupted while starting; nothing written")
 
 
 # --------------------------------------------------------------------------- detect.py
@@ -211,15 +219,18 @@ def detect_parser() -> argparse.ArgumentParser:
 
 
 def detect_main(argv: list[str] | None = None) -> int:
+    own_process = argv is None
     args = vars(detect_parser().parse_args(_argv(argv)))
 
     def job() -> int:
         cfg = configure(DetectConfig, args)
         from . import detection
 
+        interrupts.check()  # a Ctrl-C dropped while TensorFlow loaded
         return detection.run(cfg)
 
-    return _fatal((FashionError, OSError, ValueError), job)
+    said = "interrupted; rerun the same command to classify every image"
+    return _interruptible(own_process, (FashionError, OSError, ValueError), job, said)
 
 
 # --------------------------------------------------------------------------- evaluate.py
@@ -248,12 +259,14 @@ def evaluate(cfg: EvaluateConfig) -> int:
     from . import evaluation, prediction
 
     bundle = prediction.load_bundle(cfg.model, cfg.model_save)
+    interrupts.check()  # a Ctrl-C dropped while TensorFlow loaded
     if cfg.export:
         for fmt in cfg.export:
             print(f"exported {fmt}: {prediction.export_bundle(bundle, fmt)}")
         return EXIT_OK
     ev = evaluation.run(bundle, cfg.data, cfg.split, cfg.threshold, cfg.top_k)
     evaluation.print_summary(ev.result)
+    interrupts.check()
     written = evaluation.save_report(ev, Path(cfg.out), cfg.top_losses)
     print(f"report: {Path(cfg.out) / 'index.html'} ({len(written)} files)")
     if cfg.table:  # last, so the accuracy line ends the output as in the Caffe project's script
@@ -263,5 +276,8 @@ def evaluate(cfg: EvaluateConfig) -> int:
 
 
 def evaluate_main(argv: list[str] | None = None) -> int:
+    own_process = argv is None
     args = vars(evaluate_parser().parse_args(_argv(argv)))
-    return _fatal((FashionError, FileNotFoundError, ValueError), lambda: evaluate(configure(EvaluateConfig, args)))
+    said = f"interrupted; rerun the same command for a complete report in {args['out']}"
+    errors = (FashionError, FileNotFoundError, ValueError)
+    return _interruptible(own_process, errors, lambda: evaluate(configure(EvaluateConfig, args)), said)

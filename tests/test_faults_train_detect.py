@@ -333,3 +333,32 @@ def test_max_pixels_bounds_and_pillows_own_stop_name_the_flag(capsys):
     png = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
     with pytest.raises(imaging.ImageError, match="too many pixels: .*--max-pixels 150,000,000"):
         imaging.decode_rgb(png, target=32, max_pixels=150_000_000)
+
+
+@pytest.mark.parametrize(
+    "command, line",
+    [
+        (["detect.py", "photo.jpg"], "interrupted; rerun the same command to classify every image"),
+        (["evaluate.py", "--out", "rep"], "interrupted; rerun the same command for a complete report in rep"),
+        (["train.py", "--run", "r"], "interrupted while starting; nothing written"),
+    ],
+)
+def test_ctrl_c_while_tensorflow_loads_is_one_line_and_130(command, line, tmp_path):
+    """Ctrl-C 1.5 s in, while TensorFlow and Keras import (0.1 s to about 5 s here): was a traceback
+    through importlib and exit -2 (killed by SIGINT); JAX's gc callback could also drop it."""
+    import signal
+    import time
+
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / command[0]), *command[1:], "--model-save", str(tmp_path / "ms")],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # as at a terminal
+    )
+    time.sleep(1.5)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, out + err
+    assert err.strip().splitlines() == [line], err
