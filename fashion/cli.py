@@ -278,6 +278,6 @@ def evaluate(cfg: EvaluateConfig) -> int:
 def evaluate_main(argv: list[str] | None = None) -> int:
     own_process = argv is None
     args = vars(evaluate_parser().parse_args(_argv(argv)))
-    said = f"interrupted; rerun the same command for a complete report in {args['out']}"
+    said = "interrupted; rerun the same command for a complete report"
     errors = (FashionError, FileNotFoundError, ValueError)
     return _interruptible(own_process, errors, lambda: evaluate(configure(EvaluateConfig, args)), said)

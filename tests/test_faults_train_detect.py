@@ -339,7 +339,7 @@ def test_max_pixels_bounds_and_pillows_own_stop_name_the_flag(capsys):
     "command, line",
     [
         (["detect.py", "photo.jpg"], "interrupted; rerun the same command to classify every image"),
-        (["evaluate.py", "--out", "rep"], "interrupted; rerun the same command for a complete report in rep"),
+        (["evaluate.py", "--out", "rep"], "interrupted; rerun the same command for a complete report"),
         (["train.py", "--run", "r"], "interrupted while starting; nothing written"),
     ],
 )
