@@ -45,10 +45,17 @@ def _interruptible(own_process: bool, errors: tuple[type[Exception], ...], job: 
             raise
         print(f"\n{said}", file=sys.stderr)
         code = EXIT_INTERRUPTED
+    return _end(own_process, code)
+
+
+def _end(own_process: bool, code: int) -> int:
+    """The job is over. In the command's own process a Ctrl-C in the interpreter's teardown ends it with 130,
+    and an interrupted job (its one line said what was kept) leaves at once: threads still winding down must
+    not print or crash on their way out (Beam's gRPC readers; XLA stopped mid-compile: SIGSEGV)."""
     if own_process:
-        _exit_on_interrupt()  # the job is over: a Ctrl-C in the interpreter's teardown ends it with 130
-        if code == EXIT_INTERRUPTED:  # everything kept is written: no teardown of threads cut short
-            _leave(EXIT_INTERRUPTED)  # (XLA stopped mid-compile crashed in it: SIGSEGV instead of 130)
+        _exit_on_interrupt()
+        if code == EXIT_INTERRUPTED:
+            _leave(EXIT_INTERRUPTED)
     return code
 
 
@@ -128,11 +135,7 @@ def generate_dataset_main(argv: list[str] | None = None) -> int:
             "\ninterrupted: rerun the same command to go on (finished shards and downloads are kept)", file=sys.stderr
         )
         code = EXIT_INTERRUPTED
-    if own_process:
-        _exit_on_interrupt()
-        if code == EXIT_INTERRUPTED:  # said in one line what was kept; threads still winding down (Beam's
-            _leave(EXIT_INTERRUPTED)  # gRPC readers) must not print on their way out
-    return code
+    return _end(own_process, code)
 
 
 def _leave(code: int) -> None:

@@ -413,11 +413,13 @@ class Trainer:
         if saved.stage != st.stage_index:  # interrupted right at a stage boundary: nothing of the new stage to keep
             print("\ninterrupted between stages; rerun with --resume to go on", file=sys.stderr)
             return
-        if getattr(model, "optimizer", None) is None or _weights_out(model):  # nothing newer than the checkpoint
-            print(f"\ninterrupted; {self._kept()}", file=sys.stderr)
-            return
-        taken = int(np.asarray(model.optimizer.iterations)) - st.steps * (saved.epoch - st.stage_start)
-        if taken >= st.steps:  # stopped in the epoch's validation: resuming from here would train a step more
+        savable = getattr(model, "optimizer", None) is not None and not _weights_out(model)
+        taken = (
+            int(np.asarray(model.optimizer.iterations)) - st.steps * (saved.epoch - st.stage_start) if savable else 0
+        )
+        # nothing newer than the last checkpoint: before the first compile, (JAX) inside the first step, or in
+        # the epoch's validation (resuming from there would train a step more)
+        if not savable or taken >= st.steps:
             print(f"\ninterrupted; {self._kept()}", file=sys.stderr)
             return
         self.save_dir.mkdir(parents=True, exist_ok=True)
