@@ -112,9 +112,11 @@ class CtrlC(keras.callbacks.Callback):
 
     def on_train_batch_end(self, batch, logs=None):
         interrupts.check()
+        if batch + 1 == self.params.get("steps"):  # the last step: from here to the checkpoint, Ctrl-C waits
+            interrupts.defer(True)
 
     def on_test_begin(self, logs=None):
-        interrupts.defer(True)
+        interrupts.defer(True)  # also where the number of steps is not known
 
     def on_epoch_end(self, epoch, logs=None):
         interrupts.defer(False)
