@@ -182,10 +182,11 @@ def write_shards(
     except IngestError:
         raise
     except Exception as e:  # (a KeyboardInterrupt is not one: it goes up as it is)
-        if "No space left on device" in str(e):  # a worker's full disk: the job's disk-full line and exit 3
+        # a worker's full disk (its OSError arrives as text: Python's own strerror): the disk-full line, exit 3
+        if "No space left on device" in str(e):
             raise OSError(errno.ENOSPC, "No space left on device") from None
         raise IngestError(
-            f"the Beam pipeline failed ({runner_problem(e)}); finished shards are kept in {out}"
+            f"the Beam pipeline failed ({runner_problem(e, args)}); finished shards are kept in {out}"
         ) from None
     finally:
         if runner is not None:
@@ -243,18 +244,39 @@ def _mute_on_interrupt() -> Any:
     return previous
 
 
-def runner_problem(e: Exception) -> str:
-    """The pipeline's error in one line; the offline Prism case says what to place where."""
+def runner_problem(e: Exception, args: Sequence[str] = ()) -> str:
+    """The pipeline's error in one line. When the runner named in `args` is one that starts Prism (a binary
+    Beam downloads at run time) and no --prism_location is given, it says what to place where: decided
+    from the options, not from the wording of Beam's error."""
     lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()] or [type(e).__name__]
-    # a worker's failure arrives as the text of its traceback: the last "SomeError: why" line says it
+    # a worker's failure arrives as the text of its traceback (only text crosses the process boundary):
+    # the last "SomeError: why" line, in Python's own traceback format, says it
     named = [ln for ln in lines if re.match(r"^[\w.]+(Error|Exception|Interrupt): ", ln)]
     text = (named[-1] if named else lines[0])[:300]
-    if "prism" in text.lower() and ("fetch" in text.lower() or "download" in text.lower()):
+    if starts_prism(args):
         return (
-            f"{text}: the Prism runner downloads its binary at run time; place the release zip named there "
-            f"on this machine and add --prism_location=PATH after --, or leave out --runner for the local default"
+            f"{type(e).__name__}: {text}: the {runner_name(args)} runner runs Prism, a binary Beam downloads at run "
+            f"time; place Beam's Prism release zip on this machine and add --prism_location=PATH after --, "
+            f"or leave out --runner for the local default"
         )
     return f"{type(e).__name__}: {text}"
+
+
+def runner_name(args: Sequence[str]) -> str:
+    """The --runner given in `args` ('' when none)."""
+    for i, a in enumerate(args):
+        if a.startswith("--runner="):
+            return a.split("=", 1)[1]
+        if a == "--runner" and i + 1 < len(args):
+            return args[i + 1]
+    return ""
+
+
+def starts_prism(args: Sequence[str]) -> bool:
+    """Beam (since 2.68) runs a batch pipeline on Prism for these runners, fetching its binary unless
+    --prism_location names one; with no --runner we use `local_runner`, which never does."""
+    name = runner_name(args).lower().removesuffix("runner")
+    return name in ("prism", "direct") and not any(a.startswith("--prism_location") for a in args)
 
 
 def _watch(out: Any, partial: Any, todo: list[ShardPlan], on_shard: Any, stop: threading.Event) -> None:

@@ -216,15 +216,13 @@ def _heartbeat() -> None:
 
 def _stale_workers(client, older_than: float = STALE_S) -> str:
     now, gone = time.time(), []
+    # One listing of the stamps there are (a worker not stamped yet is absent, not an error to tell apart
+    # by its wording); an exception here means the coordinator is gone.
+    stamps = {key.rsplit("/", 1)[-1]: raw for key, raw in client.key_value_dir_get("fashion/alive/")}
     for i in range(_current.size):
-        if i == _current.index:
+        raw = stamps.get(str(i))
+        if i == _current.index or raw is None:
             continue
-        try:
-            raw = client.key_value_try_get(f"fashion/alive/{i}")
-        except Exception as e:  # not stamped yet; anything else means the coordinator is gone
-            if "not found" in str(e).lower() or "not_found" in str(e).lower():
-                continue
-            raise
         if raw != DONE and now - float(raw) > older_than:
             gone.append(_current.name(i))
     return ", ".join(gone)

@@ -328,7 +328,7 @@ class Fetcher:
             return FetchError(
                 f"timeout: no connection within --connect-timeout {self.connect_timeout:g}s ({_tries(budget)})"
             )
-        if "timed out" in str(e).lower():
+        if _timed_out(e):
             return FetchError(f"timeout: {_short(e)} ({_tries(budget)})")
         if isinstance(e, requests.exceptions.RetryError):
             return FetchError(f"http error: retries exhausted: {_short(e)}")
@@ -364,3 +364,20 @@ def _file_kind(mode: int) -> str:
 def _short(e: Exception, n: int = 160) -> str:
     text = str(e).replace("\n", " ")
     return text if len(text) <= n else text[: n - 3] + "..."
+
+
+def _timed_out(e: BaseException) -> bool:
+    """`e` is a timeout, or wraps one: decided from the exception types, not their wording (requests
+    wraps urllib3's ReadTimeoutError from a streamed body in a plain ConnectionError, and a
+    MaxRetryError keeps the last attempt's error as `reason`)."""
+    seen: list[BaseException] = []
+    todo: list[object] = [e]
+    while todo:
+        x = todo.pop()
+        if not isinstance(x, BaseException) or any(x is s for s in seen):
+            continue
+        seen.append(x)
+        if isinstance(x, (requests.exceptions.Timeout, urllib3.exceptions.TimeoutError, TimeoutError)):
+            return True
+        todo.extend([*x.args, getattr(x, "reason", None), x.__cause__, x.__context__])
+    return False

@@ -16,6 +16,7 @@ Beam's filesystems read their options (endpoints, credentials, project) from the
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import shutil
 import threading
@@ -40,6 +41,39 @@ def location(path: str | Path | RemotePath) -> Path | RemotePath:
     if isinstance(path, (Path, RemotePath)):
         return path
     return RemotePath(path) if is_remote(path) else Path(path)
+
+
+# What each scheme's Beam filesystem imports, and the install that brings it. Decided from what is
+# installed, before anything is read or written: Beam registers GCSFileSystem even without its client
+# and words the failure differently from one release to the next (2.78: "GCP dependencies are not
+# installed, and no alternative client was provided to GcsIO").
+NEEDS: dict[str, tuple[tuple[str, ...], str]] = {
+    "gs": (("google.cloud.storage", "google.api_core"), "pip install 'apache-beam[gcp]'"),
+    "s3": (("boto3",), "pip install 'apache-beam[aws]'"),
+    "azfs": (("azure.storage.blob", "azure.core"), "pip install 'apache-beam[azure]'"),
+    "hdfs": (("hdfs",), "pip install 'apache-beam[hadoop]'"),
+}
+
+
+def installed(module: str) -> bool:
+    """`module` can be imported here (a missing parent package counts as missing)."""
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # find_spec imports the parents: google.cloud absent, say
+        return False
+
+
+def missing_client(url: str) -> str | None:
+    """What to install for `url`'s scheme when its client library is not installed; None when it is, or
+    when the scheme is not one of NEEDS (Beam itself then says whether it knows it)."""
+    scheme = url.split("://", 1)[0].lower()
+    if scheme not in NEEDS:
+        return None
+    modules, install = NEEDS[scheme]
+    absent = [m for m in modules if not installed(m)]
+    if not absent:
+        return None
+    return f"{scheme}:// needs {', '.join(absent)}, not installed: {install}"
 
 
 def _filesystems() -> Any:
@@ -71,8 +105,12 @@ def _not_beam_io(record: logging.LogRecord) -> bool:
 
 def check(url: str, flag: str, deadline_s: float = CHECK_DEADLINE_S) -> None:
     """The filesystem of `url` answers a listing within `deadline_s` (Beam's clients retry with
-    backoff for minutes against a wrong endpoint): else one line naming the flag and the reason."""
+    backoff for minutes against a wrong endpoint): else one line naming the flag and the reason.
+    A scheme whose client library is not installed is refused first, without a request."""
     fs = _filesystems()
+    absent = missing_client(url)
+    if absent:
+        raise IngestError(f"{flag} {url}: {absent}")
     outcome: list[BaseException | None] = []
 
     def probe() -> None:
@@ -93,8 +131,7 @@ def check(url: str, flag: str, deadline_s: float = CHECK_DEADLINE_S) -> None:
         )
     e = outcome[0]
     if e is not None:
-        said = str(e).lower()
-        hint = f"; {INSTALL}" if "install" not in said and ("ependenc" in said or isinstance(e, ImportError)) else ""
+        hint = f"; {INSTALL}" if isinstance(e, ImportError) else ""
         raise IngestError(f"{flag} {url}: {_short(e)}{hint}")
 
 

@@ -160,6 +160,13 @@ def test_beam_options_need_the_beam_engine_and_beam_itself(tmp_path, capsys, mon
     err = capsys.readouterr().err
     assert "--out gs://bucket/ds: " in err and "apache-beam[gcp]" in err and len(err.strip().splitlines()) == 1
     assert not Path("gs:").exists()
+    # the same for s3:// without boto3 (decided from what is installed, not from Beam's wording)
+    monkeypatch.setitem(sys.modules, "boto3", None)  # as if apache-beam[aws] were not installed
+    assert generate_dataset_main([str(lst), "--out", "s3://bucket/ds", "--engine", "beam"]) == 2
+    err = capsys.readouterr().err
+    assert "--out s3://bucket/ds: s3:// needs boto3, not installed: pip install 'apache-beam[aws]'" in err
+    assert len(err.strip().splitlines()) == 1
+    monkeypatch.delitem(sys.modules, "boto3")
     assert beam_ingest.pipeline_args([], cores=2) == [
         "--direct_num_workers=2",
         "--default_sdk_harness_log_level=WARNING",
@@ -187,8 +194,14 @@ def test_a_failed_worker_is_named_by_its_last_error_line():
         line
         == "RuntimeError: PermissionError: [Errno 13] Permission denied: '/data/out/.train-00000-of-00001.tfrecord.tmp'"
     )
-    prism = RuntimeError("Unable to fetch remote prism binary at https://github.com/apache/beam/releases/x.zip: no DNS")
-    assert "--prism_location=PATH" in beam_ingest.runner_problem(prism)
+    # the Prism hint follows from the runner named, whatever Beam's words for the failed download
+    failed = RuntimeError("any wording at all")
+    assert "--prism_location=PATH" in beam_ingest.runner_problem(failed, ["--runner=PrismRunner"])
+    assert "--prism_location=PATH" in beam_ingest.runner_problem(failed, ["--runner", "DirectRunner"])
+    assert "--prism_location" not in beam_ingest.runner_problem(failed, ["--runner=FlinkRunner"])
+    assert "--prism_location=PATH" not in beam_ingest.runner_problem(
+        failed, ["--runner=PrismRunner", "--prism_location=/opt/prism.zip"]
+    )
 
 
 def test_records_written_without_tensorflow_are_tensorflows_bytes(tmp_path):

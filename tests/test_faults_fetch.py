@@ -358,3 +358,19 @@ def test_ctrl_c_during_the_final_shutdown_exits_130_without_traceback(tmp_path):
         proc.kill()
     assert proc.returncode == 130 and "Traceback" not in err, err
     assert sorted(record_ids(out)) == ["p0", "p1", "p2"] and (out / records.MANIFEST).is_file()
+
+
+def test_a_timeout_is_told_by_its_type_whatever_the_wording():
+    """requests wraps urllib3's read timeout from a streamed body in a plain ConnectionError, and a
+    MaxRetryError keeps the last attempt's error as `reason`: both are timeouts; a refusal is not."""
+    import requests
+    import urllib3
+
+    from fashion.fetching import _timed_out
+
+    read = urllib3.exceptions.ReadTimeoutError(None, "http://127.0.0.1/x", "any words")
+    assert _timed_out(requests.exceptions.ConnectionError(read))
+    retried = urllib3.exceptions.MaxRetryError(None, "u", reason=urllib3.exceptions.ConnectTimeoutError("w"))
+    assert _timed_out(requests.exceptions.ConnectionError(retried))
+    assert _timed_out(requests.exceptions.ReadTimeout("w")) and _timed_out(TimeoutError())
+    assert not _timed_out(requests.exceptions.ConnectionError("timed out, but refused"))
