@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: help demo test test-fast lint bench-ingest clean
+.PHONY: help demo test test-fast lint lock bench-ingest clean
 
 help:
 	@echo "make demo      - set up .venv, ingest the demo sample (data/demo) into data/records, verify it,"
@@ -13,16 +13,26 @@ help:
 	@echo "make test      - set up .venv and run the whole test suite (what CI runs)"
 	@echo "make test-fast - the tests not marked slow (no end-to-end training): under 2 minutes"
 	@echo "make lint      - ruff check and ruff format --check"
+	@echo "make lock      - recompile requirements.txt (the exact tested versions) from pyproject.toml's ranges"
 	@echo "make bench-ingest - ingestion benchmark (bench/ingest.py), prints ratios"
 	@echo "make clean     - remove data/records, data/cache and caches (keeps .venv)"
 
-# The project installed in place (editable) with its test and lint tools, Apache Beam (the tests run
-# --engine beam) and JAX (train.py on several processes); re-installed only when pyproject.toml changes.
-$(STAMP): pyproject.toml
+# The exact versions CI tested (requirements.txt: a lock with hashes compiled by uv from pyproject.toml's
+# ranges and extras: test, lint, beam, jax, bench), then the project itself in place without dependencies;
+# re-installed only when either file changes. `pip install -e .` with pyproject.toml's ranges still works for
+# those who embed the package.
+$(STAMP): pyproject.toml requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test,lint,beam,jax]'
+	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $(STAMP)
+
+# Refresh the lock from pyproject.toml (newest versions its ranges allow), for every platform and Python
+# it supports; then `make test` to check them before committing it.
+lock: $(STAMP)
+	$(VENV)/bin/uv pip compile pyproject.toml --extra test --extra lint --extra beam --extra jax --extra bench \
+		--universal --generate-hashes --custom-compile-command "make lock" --quiet -o requirements.txt
 
 # Ingest the shipped sample, train on CPU from the trunk this project ships (offline: no ImageNet
 # weights; configs/demo.yaml says the recipe and its cost), evaluate, detect one photo, say what next.
@@ -60,12 +70,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-# The benchmarks' extra dependencies (scikit-image: the reference in bench/ingest.py).
-$(VENV)/.installed-bench: $(STAMP)
-	$(PY) -m pip install --quiet -e '.[test,lint,beam,jax,bench]'
-	touch $@
-
-bench-ingest: $(VENV)/.installed-bench
+bench-ingest: $(STAMP)
 	$(PY) bench/ingest.py
 
 clean:
