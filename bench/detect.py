@@ -43,15 +43,16 @@ def timed(cmd: list[str]) -> float:
 def make_bundle(folder: Path, size: int) -> Path:
     import keras
 
-    from fashion import model as model_lib
-    from fashion.fileio import atomic_write_json
+    from fashion.core.fileio import atomic_write_json
+    from fashion.model import network as model_lib
+    from fashion.model.tasks.base import head_names
 
     labels = [f"label_{i}" for i in range(13)]
     keras.utils.set_random_seed(0)
     model_lib.build_model(labels, image_size=size).save(folder / "model.keras")
     atomic_write_json(
         folder / "meta.json",
-        {"labels": labels, "heads": model_lib.head_names(labels), "thresholds": [0.5] * 13, "input_size": size},
+        {"labels": labels, "heads": head_names(labels), "thresholds": [0.5] * 13, "input_size": size},
     )
     return folder
 
@@ -82,7 +83,8 @@ def main() -> None:
         )  # the cold start is not throughput
         import numpy as np
 
-        from fashion import imaging, prediction
+        from fashion.data import imaging
+        from fashion.predict import bundle as prediction
 
         b = prediction.load_bundle(bundle)
         x = np.stack(

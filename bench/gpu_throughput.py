@@ -39,7 +39,7 @@ import numpy as np
 from train_step_gpu import _devices, ours
 
 from common import StepTimer
-from fashion import model as model_lib
+from fashion.model.tasks.base import head_names
 
 SAMPLE = Path(__file__).resolve().parents[1] / "data" / "sample"
 LABELS = [f"label_{i}" for i in range(13)]
@@ -54,7 +54,7 @@ class Photos(keras.utils.PyDataset):
         self.jpegs = [(SAMPLE / ln[1]).read_bytes() for ln in lines]
         self.labels = np.array([[float(v) for v in ln[2:]] for ln in lines], np.float32)
         self.size, self.batch, self.steps = size, batch, steps
-        self.names = model_lib.head_names(LABELS)
+        self.names = head_names(LABELS)
 
     def __len__(self) -> int:
         return self.steps
@@ -88,11 +88,11 @@ def host_rate(ds: Photos, workers: int, n: int) -> float:
 def records(data: Path, size: int, batch: int):
     """train.py's training input over the dataset in `data`, repeated (the labels keyed as `ours` names its
     heads), and the images/s it delivers alone on its second pass (the first fills its cache)."""
-    from fashion import pipeline
+    from fashion.data import pipeline
 
     split = pipeline.describe_split(data, "train")
     opts = {"image_size": size, "batch_size": batch, "training": True, "cache": True, "count": split.count}
-    ds = pipeline.make_dataset(split.files, len(LABELS), output_names=model_lib.head_names(LABELS), **opts)
+    ds = pipeline.make_dataset(split.files, len(LABELS), output_names=head_names(LABELS), **opts)
     for _ in ds:
         pass
     t0, n = time.perf_counter(), 0

@@ -123,7 +123,7 @@ def train(data: Path, run: str, size: int, epochs: int, extra: list[str]) -> dic
 
 def split_labels(data: Path) -> tuple:
     """(train labels, validation labels) in record order."""
-    from fashion import pipeline, records
+    from fashion.data import pipeline, records
 
     n = len(records.load_manifest(data)["labels"])
     return tuple(pipeline.labels_of(pipeline.describe_split(data, s).files, n) for s in ("train", "val"))
@@ -131,14 +131,15 @@ def split_labels(data: Path) -> tuple:
 
 def bundle_scores(bundle_dir: Path, data: Path):
     """Validation scores of a finished run, predicted now (so cached runs are scored by today's metrics)."""
-    from fashion import evaluation, pipeline, prediction
+    from fashion.data import pipeline
+    from fashion.predict import bundle as prediction, evaluate as evaluation
 
     return evaluation.split_scores(prediction.load_bundle(bundle_dir), pipeline.describe_split(data, "val"))
 
 
 def score(y, p, y_train) -> dict:
     """mAP and sample-F2 at 0.5, tuned 2-fold (honest) and tuned in-sample (the bundle's thresholds)."""
-    from fashion import metrics
+    from fashion.model import metrics
 
     at_half = metrics.summary(y, p, 0.5)
     tuned = metrics.summary(y, p, metrics.tune_thresholds(y, p, y_train=y_train))
@@ -152,7 +153,7 @@ def score(y, p, y_train) -> dict:
 
 def export_split(data: Path) -> Path:
     """The stored JPEGs and labels of every split, as files fastai can read (once, cached)."""
-    from fashion import records
+    from fashion.data import records
 
     out = data.parent / f"{data.name}-export"
     if (out / "labels.csv").is_file():
@@ -176,7 +177,7 @@ def fastai_run(python: str, data: Path, size: int, epochs: int):
     """fastai's recipe in its own environment; returns its validation (labels, probabilities)."""
     import numpy as np
 
-    from fashion import records
+    from fashion.data import records
 
     npz = OUT / f"fastai-{data.name}-{size}-{epochs}.npz"
     if not npz.is_file():
@@ -231,7 +232,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.data == "myntra":
         args.data = "myntra-dev"
-    from fashion import metrics
+    from fashion.model import metrics
 
     data = ingest(args.data, args.stored)
     y_train, y_val = split_labels(data)

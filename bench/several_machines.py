@@ -28,7 +28,7 @@ import time
 from datetime import date
 from pathlib import Path
 
-from fashion import cluster
+from fashion.core import cluster
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data" / "ccp-dev"
@@ -73,7 +73,7 @@ def timed_train(data: Path, tmp: Path, epochs: int, backend: str, processes: int
 INPUT = r"""
 import sys, time
 import tensorflow as tf
-from fashion import pipeline
+from fashion.data import pipeline
 data, mode = sys.argv[1], sys.argv[2]
 split = pipeline.describe_split(data, "train")
 n = split.count

@@ -6,7 +6,7 @@ Run:   .venv/bin/python bench/train_step.py                 (~25 min on 2 CPU co
 
 For each input size and layer group, in one process, steady-state training
 images/s (the first steps, which build the graph, are excluded) of:
-  (a) ours: fashion.model + per-head weighted losses, fed by fashion.pipeline from TFRecords
+  (a) ours: fashion.model.network + per-head weighted losses, fed by fashion.data.pipeline from TFRecords
       (256 px JPEGs of real CCP photos, random crop + flip);
   (b) ours fed synthetic uint8 tensors already in memory (the pipeline's cost removed);
   (c) plain Keras: keras.applications.DenseNet121 + the same 13 heads written inline,
@@ -30,8 +30,10 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from common import StepTimer, plain_keras  # noqa: E402
-from fashion import losses, model as model_lib, pipeline  # noqa: E402
 from fashion.cli import generate_dataset_main  # noqa: E402
+from fashion.data import pipeline  # noqa: E402
+from fashion.model import losses, network as model_lib  # noqa: E402
+from fashion.model.tasks.base import head_names  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "data" / "ccp-dev"
 LABELS = [f"label_{i}" for i in range(13)]
@@ -47,7 +49,7 @@ def ours(size: int, group: str, ds) -> keras.Model:
     keras.utils.set_random_seed(0)
     m = model_lib.build_model(LABELS, image_size=size)
     model_lib.set_trainable(m, group, bn="train")
-    names = model_lib.head_names(LABELS)
+    names = head_names(LABELS)
     m.compile(
         optimizer=keras.optimizers.Adam(1e-3),
         loss={n: losses.HeadLoss("bce") for n in names},
@@ -71,7 +73,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         assert generate_dataset_main([str(src), "--out", tmp, "--val-fraction", "0.1", "--workers", "8"]) in (0, 1)
         train = pipeline.describe_split(tmp, "train")
-        names = model_lib.head_names(LABELS)
+        names = head_names(LABELS)
         for size in (int(s) for s in args.sizes.split(",")):
             real = pipeline.make_dataset(
                 train.files, 13, image_size=size, batch_size=b, training=True, output_names=names, cache=True

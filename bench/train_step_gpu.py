@@ -7,7 +7,7 @@ Run (on a machine with a GPU; any Keras 3 backend, TensorFlow not required):
     KERAS_BACKEND=tensorflow .venv/bin/python bench/train_step_gpu.py --size 96 --steps 5  (CPU smoke run)
 
 What it measures, steady-state training images/s (first steps, which compile, excluded):
-  ours   fashion.model.build_model (uint8 in, preprocessing inside, 13 heads) + our per-head
+  ours   fashion.model.network.build_model (uint8 in, preprocessing inside, 13 heads) + our per-head
          HeadLoss with head weights, Adam, fed uint8 tensors already in memory;
   plain  keras.applications.DenseNet121 + the same 13 heads written inline, binary
          cross-entropy per output, model.fit on in-memory float tensors (a Keras tutorial);
@@ -29,7 +29,8 @@ import keras
 import numpy as np
 
 from common import StepTimer, plain_keras
-from fashion import losses, model as model_lib
+from fashion.model import losses, network as model_lib
+from fashion.model.tasks.base import head_names
 
 LABELS = [f"label_{i}" for i in range(13)]
 
@@ -44,7 +45,7 @@ def ours(size: int, group: str) -> keras.Model:
     keras.utils.set_random_seed(0)
     m = model_lib.build_model(LABELS, image_size=size)
     model_lib.set_trainable(m, group, bn="train")
-    names = model_lib.head_names(LABELS)
+    names = head_names(LABELS)
     w = losses.head_weights([100 * (i + 1) for i in range(13)], 2000, "sqrt")
     m.compile(
         optimizer=keras.optimizers.Adam(1e-3),
@@ -70,7 +71,7 @@ def main() -> None:
     x8 = rng.integers(0, 256, (n * b, s, s, 3), dtype=np.uint8)
     xf = x8.astype("float32") / 255.0
     yv = (rng.random((n * b, 13)) < 0.3).astype("float32")
-    y_ours = {nm: yv[:, i : i + 1] for i, nm in enumerate(model_lib.head_names(LABELS))}
+    y_ours = {nm: yv[:, i : i + 1] for i, nm in enumerate(head_names(LABELS))}
     y_plain = {f"o{i}": yv[:, i : i + 1] for i in range(13)}
     print(f"backend {keras.backend.backend()}, devices: {_devices()}", flush=True)
     rows = []

@@ -1,13 +1,12 @@
 """fashion: multi-label fashion-style image classification with TensorFlow/Keras.
 
-One module per stage of the data's path:
-  sources   -> list files (original `id,url,l0..lN`, CSV with header, stdin)
-  fetching  -> HTTP (requests + urllib3 Retry), file://, local paths, URL cache
-  imaging   -> byte sniffing, OpenCV decode, orientation/mode fixes, resize, encode
-  splits    -> deterministic (iterative-stratified) train/val split
-  records   -> tf.train.Example shards, dataset.json manifest, verification
-  ingest    -> the generate_dataset.py job (parallel, resumable)
-  reports   -> console summaries (class balance, co-occurrence)
+One folder per stage, imports pointing down (ARCHITECTURE.md is the map):
+  cli      the four commands' mains
+  ingest   generate_dataset.py     train   train.py     predict   detect.py, evaluate.py
+  model    the network, losses, metrics, tasks
+  data     list files, fetching, imaging, TFRecords, tf.data
+  config   one config object per command, its options and choices
+  core     errors, atomic files, storage, locks, console, interrupts, processes
 """
 
 import os

@@ -15,12 +15,13 @@ import signal
 import sys
 import textwrap
 from collections.abc import Callable
-from pathlib import Path
 
-from . import cluster, interrupts, quiet
-from .config import DetectConfig, EvaluateConfig, IngestConfig, TrainConfig
-from .errors import EXIT_FATAL, EXIT_INTERRUPTED, EXIT_OK, FashionError
-from .options import build_parser, configure
+from fashion.config.bundle import DetectConfig, EvaluateConfig
+from fashion.config.ingest import IngestConfig
+from fashion.config.options import build_parser, configure
+from fashion.config.train import TrainConfig
+from fashion.core import cluster, interrupts, quiet
+from fashion.core.errors import EXIT_FATAL, EXIT_INTERRUPTED, FashionError
 
 
 def _fatal(errors: tuple[type[Exception], ...], job: Callable[[], int]) -> int:
@@ -119,7 +120,7 @@ def generate_dataset_main(argv: list[str] | None = None) -> int:
     ours, beam_args = (argv[: argv.index("--")], argv[argv.index("--") + 1 :]) if "--" in argv else (argv, [])
     args = {**vars(ingest_parser().parse_args(ours)), "beam_args": beam_args}
     try:
-        from . import ingest  # heavy imports only after --help has been served
+        from fashion.ingest import job as ingest  # heavy imports only after --help has been served
 
         if args.get("verify"):
             code = _fatal((FashionError, OSError), lambda: ingest.verify_dataset(args["verify"], beam_args))
@@ -191,7 +192,9 @@ def train_main(argv: list[str] | None = None) -> int:
     def job() -> int:
         cfg = configure(TrainConfig, args)
         cfg.backend = cluster.choose_backend(cfg.backend, cluster.resolve(cfg.workers, cfg.worker_index))
-        from . import training  # TensorFlow and Keras load only after --help (and valid options), on that backend
+        from fashion.train import (
+            job as training,  # TensorFlow and Keras load only after --help (and valid options), on that backend
+        )
 
         return training.Trainer(cfg, " ".join(["python", "train.py", *argv])).run()
 
@@ -227,7 +230,7 @@ def detect_main(argv: list[str] | None = None) -> int:
 
     def job() -> int:
         cfg = configure(DetectConfig, args)
-        from . import detection
+        from fashion.predict import detect as detection
 
         interrupts.check()  # a Ctrl-C dropped while TensorFlow loaded
         return detection.run(cfg)
@@ -257,25 +260,10 @@ def evaluate_parser() -> argparse.ArgumentParser:
     )
 
 
-def evaluate(cfg: EvaluateConfig) -> int:
-    """evaluate.py's job: export the bundle (--export), or score it and write the report."""
-    from . import evaluation, prediction
+def _evaluate(cfg: EvaluateConfig) -> int:
+    from fashion.predict import evaluate  # TensorFlow loads only after --help (and valid options)
 
-    bundle = prediction.load_bundle(cfg.model, cfg.model_save)
-    interrupts.check()  # a Ctrl-C dropped while TensorFlow loaded
-    if cfg.export:
-        for fmt in cfg.export:
-            print(f"exported {fmt}: {prediction.export_bundle(bundle, fmt)}")
-        return EXIT_OK
-    ev = evaluation.run(bundle, cfg.data, cfg.split, cfg.threshold, cfg.top_k)
-    evaluation.print_summary(ev.result)
-    interrupts.check()
-    written = evaluation.save_report(ev, Path(cfg.out), cfg.top_losses)
-    print(f"report: {Path(cfg.out) / 'index.html'} ({len(written)} files)")
-    if cfg.table:  # last, so the accuracy line ends the output as in the Caffe project's script
-        print()
-        evaluation.print_rows(ev)
-    return EXIT_OK
+    return evaluate.run(cfg)
 
 
 def evaluate_main(argv: list[str] | None = None) -> int:
@@ -283,4 +271,4 @@ def evaluate_main(argv: list[str] | None = None) -> int:
     args = vars(evaluate_parser().parse_args(_argv(argv)))
     said = "interrupted; rerun the same command for a complete report"
     errors = (FashionError, FileNotFoundError, ValueError)
-    return _interruptible(own_process, errors, lambda: evaluate(configure(EvaluateConfig, args)), said)
+    return _interruptible(own_process, errors, lambda: _evaluate(configure(EvaluateConfig, args)), said)

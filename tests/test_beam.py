@@ -17,9 +17,10 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT, SAMPLE, sample_lines
-from fashion import beam_ingest, records
 from fashion.cli import generate_dataset_main
-from fashion.records import verify
+from fashion.data import records
+from fashion.data.records import verify
+from fashion.ingest import beam as beam_ingest
 
 pytest.importorskip("apache_beam", reason="the beam extra (make test installs it)")
 
@@ -212,7 +213,7 @@ def test_records_written_without_tensorflow_are_tensorflows_bytes(tmp_path):
     script = f"""
 import sys
 from pathlib import Path
-from fashion import records
+from fashion.data import records
 records.write_without_tensorflow()
 w = records.ShardWriter(Path({str(tmp_path)!r}), "lite.tfrecord", 3)
 for image, id, source, h, wd, labels in {rows!r}:

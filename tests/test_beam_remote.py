@@ -17,9 +17,10 @@ import pytest
 from test_beam import LABELS, TIMEOUT, comparable
 
 from conftest import ROOT, sample_lines
-from fashion import records, storage
 from fashion.cli import generate_dataset_main
-from fashion.errors import IngestError
+from fashion.core import storage
+from fashion.core.errors import IngestError
+from fashion.data import records
 
 pytest.importorskip("apache_beam", reason="the beam extra (make test installs it)")
 boto3 = pytest.importorskip("boto3", reason="the beam extra (make test installs it)")

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, noise_in, run
-from fashion import model as model_lib
 from fashion.cli import train_main
+from fashion.model import network as model_lib
 
 SHIPPED = ROOT / "data" / "pretrained" / "densenet121-clothing.weights.h5"
 DEMO = ROOT / "data" / "demo"

@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 
 from conftest import SAMPLE, sample_lines
-from fashion import model as model_lib
 from fashion.cli import detect_main
-from fashion.fileio import atomic_write_json
+from fashion.core.fileio import atomic_write_json
+from fashion.model import network as model_lib
+from fashion.model.tasks.base import head_names
 
 LABELS = (SAMPLE / "labels.txt").read_text().split()
 
@@ -28,7 +29,7 @@ def bundle(tmp_path_factory):
     thresholds = [0.0] * 3 + [1.0] * 10  # first three always pass, the rest never
     atomic_write_json(
         folder / "meta.json",
-        {"labels": LABELS, "heads": model_lib.head_names(LABELS), "thresholds": thresholds, "input_size": 32},
+        {"labels": LABELS, "heads": head_names(LABELS), "thresholds": thresholds, "input_size": 32},
     )
     return folder
 
@@ -58,7 +59,7 @@ def test_table_json_csv_and_thresholds(bundle, tmp_path, capsys):
     assert f"evaluate.py --model {bundle}" in text
     res = json.loads(out_json.read_text())
     assert set(res) == set(photos(3))
-    from fashion import imaging
+    from fashion.data import imaging
 
     model = keras.saving.load_model(bundle / "model.keras", compile=False)
     imgs = np.stack(
@@ -71,7 +72,7 @@ def test_table_json_csv_and_thresholds(bundle, tmp_path, capsys):
     for i, line in enumerate(sample_lines()[:3]):
         r = res[str(SAMPLE / line[1])]
         assert set(r["probabilities"]) == set(LABELS)
-        for label, head in zip(LABELS, model_lib.head_names(LABELS)):
+        for label, head in zip(LABELS, head_names(LABELS)):
             assert r["probabilities"][label] == pytest.approx(float(np.asarray(ref[head])[i, 0]), abs=1e-5)
         assert r["labels"] == LABELS[:3] and r["source"] == dict.fromkeys(LABELS[:3], "constant")
     rows = list(csv.reader(out_csv.open()))
@@ -200,7 +201,7 @@ def test_folder_with_a_corrupt_file_reports_it_and_does_the_rest(bundle, tmp_pat
 
 
 def test_same_numbers_as_the_model_and_newest_bundle_default(bundle, tmp_path, capsys):
-    from fashion import imaging
+    from fashion.data import imaging
 
     out = tmp_path / "r.json"
     assert detect_main([photos(1)[0], "--model-save", str(bundle.parent), "--json", str(out), "--quiet"]) == 0
@@ -208,7 +209,7 @@ def test_same_numbers_as_the_model_and_newest_bundle_default(bundle, tmp_path, c
     model = keras.saving.load_model(bundle / "model.keras", compile=False)
     img = imaging.resize(imaging.decode_rgb((SAMPLE / sample_lines()[0][1]).read_bytes(), target=32), 32, "crop")
     ref = model.predict(img[None], verbose=0)
-    for label, head in zip(LABELS, model_lib.head_names(LABELS)):
+    for label, head in zip(LABELS, head_names(LABELS)):
         assert got[label] == pytest.approx(float(np.asarray(ref[head]).ravel()[0]), abs=1e-5)
 
 
@@ -243,12 +244,13 @@ def test_evaluate_writes_metrics_plots_and_top_losses(bundle, tmp_path, capsys):
         assert key in m
     assert set(m["per_class"]) == set(LABELS) and set(m["baselines"]) == {"constant", "prior"}
     # the bundle's thresholds were tuned on val: the verdict uses thresholds tuned on the other half
-    from fashion import metrics, pipeline
+    from fashion.data import pipeline
+    from fashion.model import metrics
 
     model = keras.saving.load_model(bundle / "model.keras", compile=False)
     val, train = pipeline.describe_split(data, "val"), pipeline.describe_split(data, "train")
     ds = pipeline.make_dataset(val.files, len(LABELS), image_size=32, batch_size=64, training=False)
-    heads = model_lib.head_names(LABELS)
+    heads = head_names(LABELS)
     scores = np.concatenate(
         [np.concatenate([np.asarray(o[h]) for h in heads], axis=1) for o in (model(x, training=False) for x, _ in ds)]
     )

@@ -26,12 +26,14 @@ import tensorflow as tf
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 import keras, numpy as np
-from fashion import losses, model as model_lib, pipeline
-from fashion.config import TrainConfig
+from fashion.data import pipeline
+from fashion.model import losses, network as model_lib
+from fashion.model.tasks.base import head_names
+from fashion.config.train import TrainConfig
 from fashion.training import make_optimizer
 
 data, labels = sys.argv[1], open(sys.argv[2]).read().split()
-names = model_lib.head_names(labels)
+names = head_names(labels)
 split = pipeline.describe_split(data, "train")
 ds = pipeline.make_dataset(split.files, len(labels), image_size=32, batch_size=8, training=False,
                            output_names=names).take(3).cache()
@@ -190,7 +192,8 @@ def test_xla_trains_on_one_device(dataset, tmp_path):
     import keras
     import numpy as np
 
-    from fashion import metrics, pipeline
+    from fashion.data import pipeline
+    from fashion.model import metrics
 
     model = keras.saving.load_model(tmp_path / "ms" / "x" / "model.keras", compile=False, safe_mode=True)
     val = pipeline.describe_split(dataset, "val")

@@ -18,8 +18,9 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT, SAMPLE, photo_bytes, sample_lines
-from fashion import fileio, imaging, records
-from fashion.fetching import Fetcher, FetchError
+from fashion.core import fileio
+from fashion.data import imaging, records
+from fashion.data.fetching import Fetcher, FetchError
 
 LABELS = str(SAMPLE / "labels.txt")
 
@@ -366,11 +367,11 @@ def test_a_timeout_is_told_by_its_type_whatever_the_wording():
     import requests
     import urllib3
 
-    from fashion.fetching import _timed_out
+    from fashion.data.fetching import timed_out
 
     read = urllib3.exceptions.ReadTimeoutError(None, "http://127.0.0.1/x", "any words")
-    assert _timed_out(requests.exceptions.ConnectionError(read))
+    assert timed_out(requests.exceptions.ConnectionError(read))
     retried = urllib3.exceptions.MaxRetryError(None, "u", reason=urllib3.exceptions.ConnectTimeoutError("w"))
-    assert _timed_out(requests.exceptions.ConnectionError(retried))
-    assert _timed_out(requests.exceptions.ReadTimeout("w")) and _timed_out(TimeoutError())
-    assert not _timed_out(requests.exceptions.ConnectionError("timed out, but refused"))
+    assert timed_out(requests.exceptions.ConnectionError(retried))
+    assert timed_out(requests.exceptions.ReadTimeout("w")) and timed_out(TimeoutError())
+    assert not timed_out(requests.exceptions.ConnectionError("timed out, but refused"))

@@ -20,11 +20,12 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, SAMPLE, sample_lines
-from fashion import fileio, outlock, records
 from fashion.cli import generate_dataset_main
-from fashion.errors import EXIT_DISK_FULL
-from fashion.sources import resolve_source
-from fashion.splits import split_indices
+from fashion.core import fileio, outlock
+from fashion.core.errors import EXIT_DISK_FULL
+from fashion.data import records
+from fashion.data.sources import resolve_source
+from fashion.ingest.splits import split_indices
 
 LABELS = str(SAMPLE / "labels.txt")
 PY = [sys.executable, str(ROOT / "generate_dataset.py")]

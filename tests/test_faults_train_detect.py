@@ -18,8 +18,8 @@ import pytest
 import test_detect
 
 from conftest import ROOT, SAMPLE, TINY_TRAIN, sample_lines
-from fashion import imaging, pipeline, records
 from fashion.cli import detect_main, evaluate_main, train_main
+from fashion.data import imaging, pipeline, records
 
 TIMEOUT = 600  # generous: a hang fails the test instead of the suite
 bundle = test_detect.bundle  # its fixture: a tiny 32 px bundle (fixed random weights), built once per module

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, SAMPLE, sample_lines
-from fashion import records
 from fashion.cli import generate_dataset_main
+from fashion.data import records
 
 FAST = ["--image-size", "32", "--workers", "4"]
 N_LABELS = 13

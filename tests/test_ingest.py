@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 
 from conftest import SAMPLE, sample_lines
-from fashion import fileio, records
 from fashion.cli import generate_dataset_main
+from fashion.core import fileio
+from fashion.data import records
 
 LABELS = str(SAMPLE / "labels.txt")
 

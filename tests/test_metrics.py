@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fashion import metrics
+from fashion.model import metrics
 
 
 def test_sample_f2_by_hand():

@@ -19,7 +19,7 @@ from conftest import ROOT, noise_in, run
 
 SCRIPT = """
 import os, sys
-from fashion import quiet
+from fashion.core import quiet
 quiet.install()
 import tensorflow as tf
 tf.raw_ops.PrintV2(input=tf.constant("a line TensorFlow's C++ writes"), output_stream="stderr")
@@ -50,7 +50,7 @@ def test_filter_survives_a_crash_and_verbose_shows_the_noise():
 
 LIVE = """
 import os, sys
-from fashion import quiet
+from fashion.core import quiet
 quiet.filter_stdout()
 print("epoch 1/3 [=====", end="", flush=True)  # a progress bar: no newline until the epoch ends
 sys.stdin.readline()  # the test saw it

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT, SAMPLE, sample_lines
-from fashion import records
-from fashion.ingest import verify
+from fashion.data import records
+from fashion.data.records import verify
 
 
 def run_cmd(args: list[str], **kw) -> subprocess.Popen:

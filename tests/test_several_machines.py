@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, SAMPLE, TINY_TRAIN
-from fashion import cluster, quiet
-from fashion.errors import TrainError
+from fashion.core import cluster, quiet
+from fashion.core.errors import TrainError
 
 jax_missing = pytest.mark.skipif(
     __import__("importlib.util").util.find_spec("jax") is None, reason="the jax extra is not installed"
@@ -129,12 +129,15 @@ EQUALITY = r"""
 import os, sys
 os.environ["KERAS_BACKEND"] = "jax"
 import jax, keras, numpy as np
-from fashion import cluster, losses, model as model_lib, pipeline
-from fashion.config import TrainConfig
+from fashion.core import cluster
+from fashion.data import pipeline
+from fashion.model import losses, network as model_lib
+from fashion.model.tasks.base import head_names
+from fashion.config.train import TrainConfig
 from fashion.training import make_optimizer
 
 data, labels, out = sys.argv[1], open(sys.argv[2]).read().split(), sys.argv[3]
-names = model_lib.head_names(labels)
+names = head_names(labels)
 split = pipeline.describe_split(data, "train")
 shard = None
 if len(sys.argv) > 4:

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT, SAMPLE, sample_lines
-from fashion import records
 from fashion.cli import generate_dataset_main
+from fashion.data import records
 
 CS = ROOT / "data" / "clothing-small"  # 3 classes x (8 train + 3 validation + 2 test)
 CLASSES = ["dress", "pants", "shoes"]

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from conftest import photo_bytes
-from fashion import imaging
-from fashion.splits import split_indices
+from fashion.data import imaging
+from fashion.ingest.splits import split_indices
 
 
 def test_split_is_stratified_deterministic_and_keeps_rare_classes_in_both():

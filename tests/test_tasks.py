@@ -17,8 +17,11 @@ import pytest
 from sklearn.metrics import confusion_matrix as sk_confusion, f1_score, precision_score, recall_score
 
 from conftest import ROOT, SAMPLE, sample_lines
-from fashion import losses, metrics, model as model_lib, pipeline, prediction
 from fashion.cli import detect_main, evaluate_main, generate_dataset_main, train_main
+from fashion.data import pipeline
+from fashion.model import losses, metrics, network as model_lib
+from fashion.model.tasks.base import head_names
+from fashion.predict import bundle as prediction
 
 CLOTHING = ROOT / "data" / "clothing-small"
 CLASSES = ["dress", "pants", "shoes"]
@@ -175,7 +178,8 @@ def test_task_checks(multiclass_data, tmp_path, capsys):
     assert "multiclass takes bce" in capsys.readouterr().err
     manifest = {"labels": ["a", "b"], "task": "multilabel"}
     split = pipeline.Split([], 10, [7, 6])  # 13 labels on 10 images: multi-label
-    from fashion.training import TrainError, resolve_task
+    from fashion.core.errors import TrainError
+    from fashion.model.tasks.registry import resolve_task
 
     assert resolve_task("auto", manifest, split) == "multilabel"
     assert resolve_task("auto", {"labels": ["a", "b"]}, split) == "multilabel"  # no task key: multilabel
@@ -264,7 +268,7 @@ def test_detect_top_k_on_a_multilabel_bundle(tmp_path, capsys):
         json.dumps(
             {
                 "labels": labels,
-                "heads": model_lib.head_names(labels),
+                "heads": head_names(labels),
                 "thresholds": [0.5] * len(labels),
                 "input_size": SIZE,
             }

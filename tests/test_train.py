@@ -15,10 +15,12 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, SAMPLE
-from fashion import losses, metrics, model as model_lib, pipeline
 from fashion.cli import train_main
-from fashion.config import TrainConfig
-from fashion.training import make_optimizer
+from fashion.config.train import TrainConfig
+from fashion.data import pipeline
+from fashion.model import losses, metrics, network as model_lib
+from fashion.model.tasks.base import HEAD_PREFIX, head_names
+from fashion.train.optim import make_optimizer
 
 LABELS = (SAMPLE / "labels.txt").read_text().split()
 SIZE = 32
@@ -32,7 +34,7 @@ def batch_from(dataset, n=16, training=False):
         image_size=SIZE,
         batch_size=n,
         training=training,
-        output_names=model_lib.head_names(LABELS),
+        output_names=head_names(LABELS),
     )
     return next(iter(ds))
 
@@ -95,7 +97,7 @@ def test_layer_groups_and_batchnorm_policy(dataset):
     x, y = batch_from(dataset)
     model = model_lib.build_model(LABELS, image_size=SIZE)
     trunk = model_lib.trunk_of(model)
-    head = model.get_layer(f"{model_lib.head_names(LABELS)[0]}_conv")
+    head = model.get_layer(f"{head_names(LABELS)[0]}_conv")
 
     before, head_before = _trunk_weights(model), np.array(head.kernel)
     model_lib.set_trainable(model, "heads")
@@ -171,9 +173,9 @@ def test_lr_mult_scales_trunk_steps_and_survives_saving(dataset, tmp_path):
     trunk_moved = False
     for a, b, w0 in zip(models[0].weights, models[1].weights, start.weights):
         da, db = np.array(a) - np.array(w0), np.array(b) - np.array(w0)
-        want = da if a.path.startswith(model_lib.HEAD_PREFIX) else 0.1 * da
+        want = da if a.path.startswith(HEAD_PREFIX) else 0.1 * da
         np.testing.assert_allclose(db, want, rtol=2e-3, atol=1e-8, err_msg=a.path)
-        trunk_moved |= not a.path.startswith(model_lib.HEAD_PREFIX) and np.abs(da).max() > 0
+        trunk_moved |= not a.path.startswith(HEAD_PREFIX) and np.abs(da).max() > 0
     assert trunk_moved
     path = tmp_path / "m.keras"
     models[1].save(path)
@@ -357,7 +359,7 @@ def test_resume_after_a_finished_stage_trains_only_what_is_left(dataset, tmp_pat
 
 @pytest.mark.slow
 def test_lr_find_writes_plot_and_suggests(dataset, tmp_path, capsys):
-    from fashion.training import suggest_lr
+    from fashion.train.lr_finder import suggest_lr
 
     lrs = list(np.geomspace(1e-6, 1, 30))
     curve = [5.0] * 10 + list(np.linspace(5.0, 2.0, 12)) + [2.5, 4, 8, 16, 32, 64, 90, 99]
@@ -375,7 +377,7 @@ def test_a_ctrl_c_swallowed_by_a_gc_callback_is_raised_again_at_the_next_check()
     it into an "Exception ignored" report: the run went on as if Ctrl-C had not been pressed."""
     import gc
 
-    from fashion import interrupts
+    from fashion.core import interrupts
 
     def callback(phase, info):
         if phase == "start":
@@ -402,8 +404,8 @@ def test_a_ctrl_c_swallowed_by_a_gc_callback_is_raised_again_at_the_next_check()
 def test_ctrl_c_in_validation_waits_for_the_epochs_checkpoint_and_a_second_one_does_not(capsys):
     """After an epoch's steps, a first Ctrl-C lets validation and the checkpoint finish (the resumed run
     starts at the next epoch, no step trained twice); a second one stops at once."""
-    from fashion import interrupts
-    from fashion.callbacks import CtrlC
+    from fashion.core import interrupts
+    from fashion.train.callbacks import CtrlC
 
     class Press(keras.callbacks.Callback):  # Ctrl-C as the user presses it, at chosen points
         def __init__(self, times):

@@ -7,19 +7,3 @@ fields are in --help order.
 
 One module per command (ingest; train; bundle: detect and evaluate) over a shared base.
 """
-
-from .base import DEFAULT_CACHE, DEFAULT_LIST, DEFAULT_RECORDS
-from .bundle import DetectConfig, EvaluateConfig
-from .ingest import IngestConfig, default_workers
-from .train import TrainConfig
-
-__all__ = [
-    "DEFAULT_CACHE",
-    "DEFAULT_LIST",
-    "DEFAULT_RECORDS",
-    "DetectConfig",
-    "EvaluateConfig",
-    "IngestConfig",
-    "TrainConfig",
-    "default_workers",
-]

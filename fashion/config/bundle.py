@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .. import choices as C
-from ..options import check_choices, opt, parse_size
-from .base import DEFAULT_RECORDS, _Config
+from fashion.config import choices as C
+from fashion.config.base import DEFAULT_RECORDS, _Config
+from fashion.config.options import check_choices, opt, parse_size
 
 
 @dataclass

@@ -6,10 +6,10 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .. import choices as C
-from ..errors import IngestError
-from ..options import check_choices, opt, parse_size
-from .base import DEFAULT_CACHE, DEFAULT_LIST, DEFAULT_RECORDS, _Config
+from fashion.config import choices as C
+from fashion.config.base import DEFAULT_CACHE, DEFAULT_LIST, DEFAULT_RECORDS, _Config
+from fashion.config.options import check_choices, opt, parse_size
+from fashion.core.errors import IngestError
 
 
 def default_workers() -> int:

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .. import choices as C
-from ..errors import TrainError
-from ..options import check_choices, opt
-from .base import DEFAULT_RECORDS, _Config
+from fashion.config import choices as C
+from fashion.config.base import DEFAULT_RECORDS, _Config
+from fashion.config.options import check_choices, opt
+from fashion.core.errors import TrainError
 
 RUN, MODEL, TRAINS, OPTIM, IMBALANCE, AUG, HW, MACHINES = (
     "data and run",

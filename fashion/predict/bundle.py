@@ -1,0 +1,300 @@
+"""Prediction with a bundle from train.py: per-category probabilities and the labels past their thresholds
+(multilabel), the most probable class (multiclass) or the positive class's probability (binary).
+
+Only inference imports here (no training modules), and the model loads once,
+in Keras' safe mode. `load_bundle` checks meta.json, the archive and the model's outputs and input
+size against each other: a damaged or inconsistent bundle is one BundleError naming the file. What
+differs between tasks (columns, probabilities) the bundle's task object (fashion.model.tasks) answers.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import sys
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+
+from fashion.config.choices import TASKS
+from fashion.core.errors import BundleError
+from fashion.data import imaging
+from fashion.data.fetching import Fetcher
+from fashion.data.sources import IMAGE_EXTENSIONS
+from fashion.model.tasks.base import Task
+from fashion.model.tasks.registry import get_task
+
+
+@dataclass
+class Bundle:
+    path: Path
+    model: object
+    labels: list[str]
+    heads: list[str]
+    thresholds: np.ndarray
+    input_size: int
+    task: str = "multilabel"
+    backbone: str = ""
+    meta: dict = field(default_factory=dict)
+
+    @cached_property
+    def task_obj(self) -> Task:
+        """The bundle's task (fashion.model.tasks) over its labels and heads."""
+        return get_task(self.task, self.labels, self.heads)
+
+    @property
+    def classes(self) -> list[str]:
+        """Names of the columns `predict_arrays` returns: the labels, or for a binary bundle
+        [negative, positive] (a one-label binary dataset gets `not <label>` as its negative)."""
+        return self.task_obj.classes
+
+    @property
+    def threshold(self) -> float:
+        """Binary bundles: the positive class's threshold (tuned on validation data, else 0.5)."""
+        return float(self.thresholds[-1]) if len(self.thresholds) else 0.5
+
+
+def read_meta(path: Path) -> dict:
+    """A bundle's meta.json with the fields prediction reads checked; BundleError naming the file and the field."""
+    if not path.is_file():
+        raise BundleError(f"{path}: missing (labels, thresholds and input size come from there)")
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise BundleError(f"{path}: not UTF-8 text") from None
+    except json.JSONDecodeError as e:
+        raise BundleError(f"{path}: invalid JSON ({e.msg} at line {e.lineno}, column {e.colno})") from None
+    if not isinstance(meta, dict):
+        raise BundleError(f"{path}: expected a JSON object, found {type(meta).__name__}")
+    labels, task = meta.get("labels"), meta.get("task", "multilabel")
+    if not labels or not isinstance(labels, list) or not all(isinstance(x, str) for x in labels):
+        raise BundleError(f"{path}: 'labels' must be a non-empty list of names")
+    twice = sorted({x for x in labels if labels.count(x) > 1})
+    if twice:
+        raise BundleError(f"{path}: label {twice[0]!r} appears more than once")
+    if task not in TASKS:
+        raise BundleError(f"{path}: unknown task {task!r} (one of {', '.join(TASKS)})")
+    size = meta.get("input_size")
+    if size is None:
+        raise BundleError(f"{path}: no 'input_size' (the image side the model was trained at)")
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        raise BundleError(f"{path}: 'input_size' must be a whole number of pixels, got {size!r}")
+    heads = meta.get("heads")
+    if heads is not None and (not isinstance(heads, list) or not all(isinstance(h, str) for h in heads)):
+        raise BundleError(f"{path}: 'heads' must be a list of output names")
+    th = meta.get("thresholds") or []
+    if not isinstance(th, list) or not all(_probability(t) for t in th):
+        raise BundleError(f"{path}: 'thresholds' must be a list of numbers from 0 to 1")
+    return meta
+
+
+def _probability(t) -> bool:
+    return isinstance(t, (int, float)) and not isinstance(t, bool) and 0 <= t <= 1
+
+
+def _bundle(folder: Path, model, meta: dict, meta_path: Path, model_path: Path) -> Bundle:
+    """The bundle, once meta.json agrees with the model's outputs and input size (else BundleError)."""
+    labels, task = meta["labels"], meta.get("task", "multilabel")
+    heads = meta.get("heads") or get_task(task, labels).heads
+    # a multilabel bundle without tuned thresholds decides at 0.5, as an untuned binary one does
+    th = meta.get("thresholds") or ([0.5] * len(labels) if task == "multilabel" else [])
+    bundle = Bundle(
+        folder, model, labels, heads, np.asarray(th, float), meta["input_size"], task, meta.get("backbone", ""), meta
+    )
+    outputs, side = _model_shape(model)
+    _check_outputs(bundle, outputs, f"{meta_path}: ", model_path.name, named=not isinstance(model, TFLiteModel))
+    if side and side != (bundle.input_size, bundle.input_size):
+        raise BundleError(
+            f"{meta_path}: input_size {bundle.input_size} but {model_path.name} takes {side[0]}x{side[1]} images"
+        )
+    return bundle
+
+
+def _model_shape(model) -> tuple[dict[str, int | None], tuple[int, int] | None]:
+    """({output name: columns}, (height, width) of the input when fixed) of a Keras or TFLite model."""
+    if isinstance(model, TFLiteModel):
+        outs = {k: int(v["shape"][-1]) for k, v in model.runner.get_output_details().items()}
+        shape = list(model.runner.get_input_details()[model.input_name]["shape"])
+    else:
+        outs = {n: t.shape[-1] for n, t in zip(model.output_names, model.outputs)}
+        shape = list(model.inputs[0].shape)
+    hw = tuple(shape[1:3]) if len(shape) == 4 and all(isinstance(d, int) and d > 1 for d in shape[1:3]) else None
+    return outs, hw
+
+
+def _check_outputs(bundle: Bundle, outputs: dict[str, int | None], where: str, model: str, named: bool) -> None:
+    """meta.json's labels and heads against the model's outputs: one per label (multilabel) or one output
+    with a column per class (multiclass) or one column (binary)."""
+    n, task = len(bundle.labels), bundle.task_obj
+    if not task.single_label:
+        if len(outputs) != n:
+            raise BundleError(f"{where}{n} labels for a model with {len(outputs)} outputs ({model}: one per label)")
+        if len(bundle.heads) != n:
+            raise BundleError(f"{where}{n} labels but {len(bundle.heads)} heads")
+        if len(bundle.thresholds) != n:
+            raise BundleError(f"{where}{len(bundle.thresholds)} thresholds for {n} labels")
+        missing = [h for h in bundle.heads if h not in outputs] if named else []
+        if missing:
+            raise BundleError(f"{where}head {missing[0]!r} is not an output of {model} ({', '.join(sorted(outputs))})")
+        return
+    if len(outputs) != 1:
+        raise BundleError(f"{where}a {task.name} bundle needs a model with one output; {model} has {len(outputs)}")
+    (name, width), want = next(iter(outputs.items())), task.units
+    if named and name != bundle.heads[0]:
+        raise BundleError(f"{where}head {bundle.heads[0]!r} is not an output of {model} ({name})")
+    if width is not None and width != want:
+        raise BundleError(f"{where}{n} labels for a model whose output has {width} column(s) ({model})")
+
+
+def _load_keras(path: Path):
+    """model.keras in Keras' safe mode; a damaged or foreign file is a BundleError saying so."""
+    import zipfile
+
+    import keras
+
+    from fashion.model import network as _  # noqa: F401  registers our custom layers (ReverseChannels) before loading
+
+    try:
+        with zipfile.ZipFile(path) as z:
+            bad = z.testzip()  # every member's CRC: a flipped byte shows here, not as Keras' "File not found"
+    except (zipfile.BadZipFile, OSError, EOFError) as e:
+        raise BundleError(f"{path}: damaged: not a readable .keras (zip) archive ({e})") from None
+    if bad:
+        raise BundleError(f"{path}: damaged: {bad} inside the archive fails its CRC")
+    try:
+        return keras.saving.load_model(path, compile=False, safe_mode=True)
+    except Exception as e:  # Keras raises ValueError, TypeError, KeyError... for a model it cannot rebuild
+        raise BundleError(f"{path}: cannot be loaded: {str(e).strip().splitlines()[0][:300]}") from None
+
+
+def newest_bundle(model_save: str | Path = "model_save") -> Path:
+    found = [p.parent for p in Path(model_save).glob("*/meta.json") if (p.parent / "model.keras").is_file()]
+    if not found:
+        raise BundleError(f"no bundle in {model_save}/ (train one with train.py, or pass --model)")
+    return max(found, key=lambda p: (p / "meta.json").stat().st_mtime)
+
+
+def load_bundle(path: str | Path | None = None, model_save: str | Path = "model_save") -> Bundle:
+    """A bundle folder (or its model.keras, or a .tflite beside meta.json), checked; BundleError naming the file."""
+    folder = Path(path) if path else newest_bundle(model_save)
+    if folder.suffix == ".tflite":
+        return load_tflite_bundle(folder)
+    if folder.suffix == ".keras":
+        folder = folder.parent
+    meta_path, model_path = folder / "meta.json", folder / "model.keras"
+    if not folder.is_dir() or not (meta_path.is_file() or model_path.is_file()):
+        raise BundleError(f"{folder}: not a bundle (expected model.keras and meta.json there)")
+    if not model_path.is_file():
+        raise BundleError(f"{model_path}: missing (the bundle's model)")
+    meta = read_meta(meta_path)  # before the model: a bad meta.json is refused in milliseconds
+    return _bundle(folder, _load_keras(model_path), meta, meta_path, model_path)
+
+
+def is_url(arg: str) -> bool:
+    """http(s) in any case: schemes are case-insensitive (RFC 3986), so HTTP://... is a URL, not a path."""
+    return arg[:8].lower().startswith(("http://", "https://"))
+
+
+def expand_inputs(args: Iterable[str]) -> Iterator[str]:
+    """Files, folders (recursive), globs, http(s) URLs and `-` (one path or URL per line on stdin)."""
+    for arg in args:
+        if arg == "-":
+            yield from (ln.strip() for ln in sys.stdin if ln.strip())
+        elif is_url(arg):
+            yield arg
+        elif Path(arg).is_dir():
+            yield from sorted(str(p) for p in Path(arg).rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
+        elif any(c in arg for c in "*?[") and not Path(arg).exists():
+            matches = sorted(glob.glob(arg, recursive=True))
+            yield from matches if matches else [arg]  # an unmatched glob is reported as missing
+        else:
+            yield arg
+
+
+def load_image(source: str, fetcher: Fetcher, size: int, max_pixels: int) -> np.ndarray:
+    """uint8 RGB, shorter side to `size` and center-cropped: what validation saw. A large JPEG is decoded at
+    a reduced DCT scale (a 100-megapixel photo as ~1.5 MP); more than `max_pixels` is refused from the header."""
+    data = fetcher.fetch(source if is_url(source) else str(Path(source).resolve()))
+    return imaging.resize(imaging.decode_rgb(data, target=size, max_pixels=max_pixels), size, "crop")
+
+
+def to_probs(out, heads: list[str], task: str = "multilabel") -> np.ndarray:
+    """A model's outputs as (N, columns) probabilities: one column per label (multilabel), the softmax
+    (multiclass), or [1 - p, p] with p the positive class's probability (binary)."""
+    return get_task(task, heads=heads).to_probs(out)
+
+
+def predict_arrays(bundle: Bundle, images: np.ndarray, tta: bool = False) -> np.ndarray:
+    """(N, S, S, 3) uint8 -> (N, columns) probabilities (see `to_probs`); `tta` averages with the mirror."""
+    probs = bundle.task_obj.to_probs(bundle.model.predict_on_batch(images))
+    if tta:
+        mirrored = bundle.model.predict_on_batch(np.ascontiguousarray(images[:, :, ::-1]))
+        probs = (probs + bundle.task_obj.to_probs(mirrored)) / 2
+    return probs
+
+
+def top_k(probs: np.ndarray, names: list[str], k: int) -> list[tuple[str, float]]:
+    """The k most probable (name, probability) of one row, most probable first."""
+    order = np.argsort(-probs, kind="stable")[:k]
+    return [(names[i], float(probs[i])) for i in order]
+
+
+class TFLiteModel:
+    """A .tflite export behind the same `predict_on_batch` as a Keras model (dict of head outputs)."""
+
+    def __init__(self, path: Path):
+        import tensorflow as tf
+
+        self.interpreter = tf.lite.Interpreter(model_path=str(path))
+        self.runner = self.interpreter.get_signature_runner("serving_default")
+        self.input_name = self.interpreter.get_signature_list()["serving_default"]["inputs"][0]
+
+    def predict_on_batch(self, images: np.ndarray) -> dict:
+        return self.runner(**{self.input_name: np.ascontiguousarray(images, dtype=np.uint8)})
+
+
+def load_tflite_bundle(path: Path) -> Bundle:
+    meta_path = path.parent / "meta.json"
+    if not path.is_file():
+        raise BundleError(f"{path}: missing")
+    if not meta_path.is_file():
+        raise BundleError(f"{path}: no meta.json beside it (labels and thresholds come from there)")
+    meta = read_meta(meta_path)
+    try:
+        model = TFLiteModel(path)
+    except (ValueError, RuntimeError, KeyError, IndexError) as e:
+        raise BundleError(
+            f"{path}: damaged: not a readable TFLite model ({str(e).strip().splitlines()[0][:200]})"
+        ) from None
+    return _bundle(path.parent, model, meta, meta_path, path)
+
+
+def export_bundle(bundle: Bundle, fmt: str) -> Path:
+    """`savedmodel` -> BUNDLE/saved_model/ (serving signature); `tflite` -> BUNDLE/model.tflite;
+    `trunk` -> BUNDLE/trunk-BACKBONE.weights.h5 (the trunk alone, float16: a start for --weights)."""
+    import shutil
+    import tempfile
+
+    from fashion.core.fileio import atomic_write_bytes
+    from fashion.model.network import export_trunk
+
+    if fmt not in ("savedmodel", "tflite", "trunk"):
+        raise ValueError(f"--export must be savedmodel, tflite or trunk, got {fmt!r}")
+    if fmt == "trunk":
+        return export_trunk(bundle.model, bundle.path / f"trunk-{bundle.backbone or 'model'}.weights.h5")
+    with tempfile.TemporaryDirectory(dir=bundle.path, prefix=".export-") as tmp:
+        saved = Path(tmp) / "saved_model"
+        bundle.model.export(str(saved), format="tf_saved_model", verbose=False)
+        if fmt == "savedmodel":
+            target = bundle.path / "saved_model"
+            shutil.rmtree(target, ignore_errors=True)
+            saved.rename(target)  # same folder: a rename, never a half-copied export
+            return target
+        import tensorflow as tf
+
+        target = bundle.path / "model.tflite"
+        atomic_write_bytes(target, tf.lite.TFLiteConverter.from_saved_model(str(saved)).convert())
+        return target
