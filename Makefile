@@ -12,7 +12,7 @@ help:
 	@echo "                 evaluate (report/demo-*/index.html), detect one sample photo, print the next commands"
 	@echo "make test      - set up .venv and run the whole test suite (what CI runs)"
 	@echo "make test-fast - the tests not marked slow (no end-to-end training): under 2 minutes"
-	@echo "make lint      - ruff check and ruff format --check"
+	@echo "make lint      - ruff check, ruff format --check, mypy, import-linter (the layers)"
 	@echo "make lock      - recompile requirements.txt (the exact tested versions) from pyproject.toml's ranges"
 	@echo "make bench-ingest - ingestion benchmark (bench/ingest.py), prints ratios"
 	@echo "make clean     - remove data/records, data/cache and caches (keeps .venv)"
@@ -66,9 +66,13 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS) -m "not slow"
 
+# ruff (style), mypy (types, on the package), import-linter (imports point down the layers: ARCHITECTURE.md).
+# .pre-commit-config.yaml runs the same three.
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 
 bench-ingest: $(STAMP)
 	$(PY) bench/ingest.py

@@ -123,9 +123,9 @@ def train(data: Path, run: str, size: int, epochs: int, extra: list[str]) -> dic
 
 def split_labels(data: Path) -> tuple:
     """(train labels, validation labels) in record order."""
-    from fashion.data import pipeline, records
+    from fashion.data import dataset_json, pipeline
 
-    n = len(records.load_manifest(data)["labels"])
+    n = len(dataset_json.read(data)["labels"])
     return tuple(pipeline.labels_of(pipeline.describe_split(data, s).files, n) for s in ("train", "val"))
 
 
@@ -153,12 +153,12 @@ def score(y, p, y_train) -> dict:
 
 def export_split(data: Path) -> Path:
     """The stored JPEGs and labels of every split, as files fastai can read (once, cached)."""
-    from fashion.data import records
+    from fashion.data import dataset_json, records
 
     out = data.parent / f"{data.name}-export"
     if (out / "labels.csv").is_file():
         return out
-    labels = records.load_manifest(data)["labels"]
+    labels = dataset_json.read(data)["labels"]
     tmp = out.with_name(out.name + ".tmp")
     (tmp / "images").mkdir(parents=True, exist_ok=True)
     rows = ["id,split,labels"]
@@ -177,7 +177,7 @@ def fastai_run(python: str, data: Path, size: int, epochs: int):
     """fastai's recipe in its own environment; returns its validation (labels, probabilities)."""
     import numpy as np
 
-    from fashion.data import records
+    from fashion.data import dataset_json
 
     npz = OUT / f"fastai-{data.name}-{size}-{epochs}.npz"
     if not npz.is_file():
@@ -204,7 +204,7 @@ def fastai_run(python: str, data: Path, size: int, epochs: int):
             sys.exit(f"fastai run failed:\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}")
         print(f"  fastai: trained in {time.perf_counter() - t:.0f}s", flush=True)
     z = np.load(npz)
-    n_train = records.load_manifest(data)["splits"]["train"]["records"]
+    n_train = dataset_json.read(data)["splits"]["train"]["records"]
     print(f"  fastai: lr_find valley {float(z['lr']):.2e}, {len(z['targets'])} validation images, {n_train} train")
     return z["targets"].astype("float32"), z["probs"]
 

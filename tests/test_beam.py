@@ -18,7 +18,7 @@ import pytest
 
 from conftest import ROOT, SAMPLE, sample_lines
 from fashion.cli import generate_dataset_main
-from fashion.data import records
+from fashion.data import dataset_json, records
 from fashion.data.records import verify
 from fashion.ingest import beam as beam_ingest
 
@@ -48,7 +48,7 @@ def opts(out: Path, cache: Path) -> list[str]:
 
 def comparable(out: Path) -> dict:
     """Everything a dataset holds, less what names its run (command lines, times, the engine option)."""
-    manifest = json.loads((out / records.MANIFEST).read_text())
+    manifest = json.loads((out / dataset_json.MANIFEST).read_text())
     for key in ("created", "updated", "commands", "config"):  # config: --out, --cache, --engine
         manifest.pop(key, None)
     for part in manifest.get("parts", []):
@@ -104,7 +104,7 @@ def test_beam_append_multiclass_folders_and_stdin(server, tmp_path):
     folders = tmp_path / "cs"
     assert generate_dataset_main(["--from-folders", str(ROOT / "data" / "clothing-small"), "--out", str(folders),
                                   "--cache", "", "--image-size", "32", "--engine", "beam"]) == 0  # fmt: skip
-    assert records.load_manifest(folders)["task"] == "multiclass" and verify(folders) == 0
+    assert dataset_json.read(folders)["task"] == "multiclass" and verify(folders) == 0
 
     piped = tmp_path / "stdin"
     proc = subprocess.run(
@@ -116,8 +116,7 @@ def test_beam_append_multiclass_folders_and_stdin(server, tmp_path):
     )
     assert proc.returncode == 0, proc.stderr
     assert (
-        records.load_manifest(piped)["splits"]["train"]["records"]
-        + records.load_manifest(piped)["splits"]["val"]["records"]
+        dataset_json.read(piped)["splits"]["train"]["records"] + dataset_json.read(piped)["splits"]["val"]["records"]
         == 8
     )
 
@@ -137,7 +136,7 @@ def test_sigkill_of_a_beam_run_leaves_no_manifest_and_the_rerun_finishes(server,
     assert list(out.glob("*.tfrecord")), "a first shard was written before the kill"
     os.killpg(proc.pid, signal.SIGKILL)  # the driver and its Beam workers, as a machine going down would
     proc.wait(timeout=30)
-    assert not (out / records.MANIFEST).exists(), "a killed pipeline leaves no folder that looks complete"
+    assert not (out / dataset_json.MANIFEST).exists(), "a killed pipeline leaves no folder that looks complete"
 
     rerun = subprocess.run(args, capture_output=True, text=True, timeout=TIMEOUT)
     assert rerun.returncode == 0, rerun.stderr
@@ -180,7 +179,7 @@ def test_beam_options_need_the_beam_engine_and_beam_itself(tmp_path, capsys, mon
     assert generate_dataset_main([str(lst), "--out", str(tmp_path / "o2"), "--engine", "beam"]) == 2
     err = capsys.readouterr().err
     assert "pip install 'fashion[beam]'" in err and "Traceback" not in err
-    assert not (tmp_path / "o2" / records.MANIFEST).exists()
+    assert not (tmp_path / "o2" / dataset_json.MANIFEST).exists()
     shutil.rmtree(tmp_path / "o2", ignore_errors=True)
 
 

@@ -20,7 +20,7 @@ from conftest import ROOT, sample_lines
 from fashion.cli import generate_dataset_main
 from fashion.core import storage
 from fashion.core.errors import IngestError
-from fashion.data import records
+from fashion.data import dataset_json, records
 
 pytest.importorskip("apache_beam", reason="the beam extra (make test installs it)")
 boto3 = pytest.importorskip("boto3", reason="the beam extra (make test installs it)")
@@ -109,7 +109,7 @@ def test_dataset_and_cache_on_s3_killed_resumed_equal_to_local_and_verified(s3, 
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait(timeout=30)
     assert any(k.endswith(".tfrecord") for k in keys(client, "ds")), "a first shard was written before the kill"
-    assert records.MANIFEST not in keys(client, "ds"), "a killed pipeline leaves no dataset that looks complete"
+    assert dataset_json.MANIFEST not in keys(client, "ds"), "a killed pipeline leaves no dataset that looks complete"
 
     server.delay = 0.0
     rerun = subprocess.run(args, capture_output=True, text=True, timeout=TIMEOUT)
@@ -117,7 +117,7 @@ def test_dataset_and_cache_on_s3_killed_resumed_equal_to_local_and_verified(s3, 
     assert "resuming" in rerun.stdout and "Traceback" not in rerun.stderr
     written = keys(client, "ds")
     assert not any(k.startswith(".partial/") for k in written), "the run's bookkeeping is gone once complete"
-    assert {records.MANIFEST, records.FAILURES, records.INDEX} <= set(written)
+    assert {dataset_json.MANIFEST, records.FAILURES, records.INDEX} <= set(written)
 
     # the same records as the local engine writes from the same list, byte for byte
     hits = sum(n for p, n in server.hits.items() if p.startswith("/delay/"))

@@ -19,7 +19,7 @@ import pytest
 
 from conftest import ROOT, SAMPLE, photo_bytes, sample_lines
 from fashion.core import fileio
-from fashion.data import imaging, records
+from fashion.data import dataset_json, imaging, records
 from fashion.data.fetching import Fetcher, FetchError
 
 LABELS = str(SAMPLE / "labels.txt")
@@ -358,7 +358,7 @@ def test_ctrl_c_during_the_final_shutdown_exits_130_without_traceback(tmp_path):
     finally:
         proc.kill()
     assert proc.returncode == 130 and "Traceback" not in err, err
-    assert sorted(record_ids(out)) == ["p0", "p1", "p2"] and (out / records.MANIFEST).is_file()
+    assert sorted(record_ids(out)) == ["p0", "p1", "p2"] and (out / dataset_json.MANIFEST).is_file()
 
 
 def test_a_timeout_is_told_by_its_type_whatever_the_wording():

@@ -23,7 +23,7 @@ from conftest import ROOT, SAMPLE, sample_lines
 from fashion.cli import generate_dataset_main
 from fashion.core import fileio, outlock
 from fashion.core.errors import EXIT_DISK_FULL
-from fashion.data import records
+from fashion.data import dataset_json
 from fashion.data.sources import resolve_source
 from fashion.ingest.splits import split_indices
 
@@ -198,7 +198,7 @@ def test_label_count_is_the_most_common_not_the_first_lines(tmp_path, capsys):
         f"warning: {lst}: malformed line: line 7: expected 15 columns (id,url + 13 labels), got 16",
     ]
     assert sorted(index_ids(out)) == sorted(f"r{i}" for i in (1, 2, 3, 4, 5, 7))
-    assert records.load_manifest(out)["num_classes"] == 13
+    assert dataset_json.read(out)["num_classes"] == 13
 
 
 def test_label_count_from_labels_file(tmp_path, capsys):
@@ -229,7 +229,7 @@ def test_bom_is_not_part_of_the_first_id_or_header(tmp_path, capsys):
     labels = write(tmp_path / "labels.txt", (SAMPLE / "labels.txt").read_text().split(), bom=True)
     assert generate_dataset_main([str(lst), "--labels", str(labels), *opts(out)]) == 0
     assert sorted(index_ids(out)) == ["r0", "r1", "r2", "r3"]
-    assert records.load_manifest(out)["labels"][0] == (SAMPLE / "labels.txt").read_text().split()[0]
+    assert dataset_json.read(out)["labels"][0] == (SAMPLE / "labels.txt").read_text().split()[0]
 
     names = (SAMPLE / "labels.txt").read_text().split()
     rows = [f"{SAMPLE / l[1]},{';'.join(n for n, b in zip(names, l[2:]) if b == '1')}" for l in sample_lines()[:4]]
@@ -325,11 +325,11 @@ def test_a_list_of_negatives_and_an_append_of_them(tmp_path):
     zeros = ",".join("0" * 13)
     out = tmp_path / "o"
     assert generate_dataset_main([str(write(tmp_path / "neg.txt", local_rows(10, labels=zeros))), *opts(out)]) == 0
-    m = records.load_manifest(out)
+    m = dataset_json.read(out)
     assert m["splits"]["train"]["records"] == 8 and m["splits"]["val"]["records"] == 2
     more = write(tmp_path / "more.txt", local_rows(10, prefix="n", start=10, labels=zeros))
     assert generate_dataset_main([str(more), *opts(out, "--append")]) == 0
-    m = records.load_manifest(out)
+    m = dataset_json.read(out)
     assert m["records"] == 20 and m["splits"]["val"]["records"] == 4
     assert generate_dataset_main(["--verify", str(out)]) == 0
 

@@ -19,7 +19,7 @@ import test_detect
 
 from conftest import ROOT, SAMPLE, TINY_TRAIN, sample_lines
 from fashion.cli import detect_main, evaluate_main, train_main
-from fashion.data import imaging, pipeline, records
+from fashion.data import dataset_json, imaging, pipeline, records
 
 TIMEOUT = 600  # generous: a hang fails the test instead of the suite
 bundle = test_detect.bundle  # its fixture: a tiny 32 px bundle (fixed random weights), built once per module
@@ -33,7 +33,7 @@ def copy_dataset(dataset: Path, tmp_path: Path) -> Path:
 
 
 def shard(folder: Path, split: str, i: int = 0) -> Path:
-    return folder / json.loads((folder / records.MANIFEST).read_text())["splits"][split]["shards"][i]["name"]
+    return folder / json.loads((folder / dataset_json.MANIFEST).read_text())["splits"][split]["shards"][i]["name"]
 
 
 def flip_middle(path: Path, n: int = 16) -> None:
@@ -132,10 +132,10 @@ def test_an_undecodable_image_with_a_good_crc_is_named(dataset, tmp_path):
                     b"\xff\xd8\xff not a jpeg", id="bad", source="s", height=40, width=40, labels=[0] * 13
                 )
             )
-    manifest = json.loads((data / records.MANIFEST).read_text())
+    manifest = json.loads((data / dataset_json.MANIFEST).read_text())
     entry = manifest["splits"]["val"]["shards"][0]
     entry["bytes"], entry["sha256"] = target.stat().st_size, hashlib.sha256(target.read_bytes()).hexdigest()
-    (data / records.MANIFEST).write_text(json.dumps(manifest))
+    (data / dataset_json.MANIFEST).write_text(json.dumps(manifest))
 
     err = tf.errors.InvalidArgumentError(None, None, "Invalid JPEG data, size 17")
     assert pipeline.read_failure(err, data).startswith(f"{target}: record 6 unreadable")
@@ -264,9 +264,9 @@ def test_evaluate_names_a_missing_or_damaged_shard_and_writes_no_report(bundle, 
     # Same size, one record's bytes flipped: only reading tells; the line names the shard and the record.
     target.write_bytes(good)
     flip_middle(target)
-    manifest = json.loads((data / records.MANIFEST).read_text())
+    manifest = json.loads((data / dataset_json.MANIFEST).read_text())
     manifest["splits"]["val"]["shards"][0]["sha256"] = hashlib.sha256(target.read_bytes()).hexdigest()
-    (data / records.MANIFEST).write_text(json.dumps(manifest))
+    (data / dataset_json.MANIFEST).write_text(json.dumps(manifest))
     assert evaluate_main(["--model", str(bundle), "--data", str(data), "--out", str(rep)]) == 2
     err = capsys.readouterr().err
     (line,) = error_lines(err)

@@ -15,7 +15,7 @@ import pytest
 
 from conftest import ROOT, SAMPLE, sample_lines
 from fashion.cli import generate_dataset_main
-from fashion.data import records
+from fashion.data import dataset_json, records
 
 FAST = ["--image-size", "32", "--workers", "4"]
 N_LABELS = 13
@@ -65,7 +65,7 @@ def ingest(*args: str | Path) -> int:
 
 
 def read_all(out: Path) -> dict[str, dict]:
-    manifest = records.load_manifest(out)
+    manifest = dataset_json.read(out)
     recs = {}
     for split in manifest["splits"]:
         for rec in records.iter_records(records.shard_paths(out, split)):
@@ -117,7 +117,7 @@ def test_two_files_keep_their_splits_and_overwrite_keeps_extracted_images(tmp_pa
     files = [tmp_path / "train.tfrecords", tmp_path / "test.tfrecords"]
     labels = ["--labels", SAMPLE / "labels.txt", "--cache", ""]
     assert ingest("--from-tfrecords", *files, "--out", out, *labels) == 0
-    manifest = records.load_manifest(out)
+    manifest = dataset_json.read(out)
     assert manifest["labels"] == (SAMPLE / "labels.txt").read_text().split()
     got = read_all(out)
     assert {i for i, r in got.items() if r["split"] == "train"} == {f"train-{n:06d}" for n in range(16)}
@@ -126,7 +126,7 @@ def test_two_files_keep_their_splits_and_overwrite_keeps_extracted_images(tmp_pa
 
     # --overwrite clears OUT/.partial/ after the files were read: the extracted images must stay
     assert ingest("--from-tfrecords", *files, "--out", out, *labels, "--overwrite", "--quality", "80") == 0
-    assert records.load_manifest(out)["records"] == 22 and not failure_rows(out)
+    assert dataset_json.read(out)["records"] == 22 and not failure_rows(out)
 
     twelve = tmp_path / "twelve.txt"
     twelve.write_text("\n".join(f"c{k}" for k in range(12)) + "\n")

@@ -13,7 +13,7 @@ import pytest
 from conftest import SAMPLE, sample_lines
 from fashion.cli import generate_dataset_main
 from fashion.core import fileio
-from fashion.data import records
+from fashion.data import dataset_json, records
 
 LABELS = str(SAMPLE / "labels.txt")
 
@@ -25,7 +25,7 @@ def write_list(path: Path, rows: list[str]) -> Path:
 
 def read_dataset(out: Path) -> dict[str, dict]:
     """id -> record (with decoded image) over every shard of the manifest."""
-    manifest = records.load_manifest(out)
+    manifest = dataset_json.read(out)
     recs = {}
     for split in records.SPLITS:
         for rec in records.iter_records(records.shard_paths(out, split)):
@@ -232,7 +232,7 @@ def test_csv_with_header_and_union_of_labels(tmp_path):
     (tmp_path / "photos").symlink_to(SAMPLE / "photos")
     out = tmp_path / "o"
     assert generate_dataset_main([str(lst), "--out", str(out), "--image-size", "32", "--val-fraction", "0.3"]) == 0
-    m = records.load_manifest(out)
+    m = dataset_json.read(out)
     assert m["labels"] == ["blue", "coat", "dress", "red"]
     assert m["splits"]["train"]["records"] == 7 and m["splits"]["val"]["records"] == 3
     recs = read_dataset(out)
@@ -258,8 +258,8 @@ def test_append_adds_shards_without_rewriting(server, tmp_path):
     assert set(recs) == {f"n{i}" for i in range(16)}
     fails = read_failures(out)
     assert set(fails) == {"n8", "n9"} and all(r.startswith("duplicate id") for r in fails.values())
-    assert len(records.load_manifest(out)["commands"]) == 2
-    assert records.load_manifest(out)["records"] == 16
+    assert len(dataset_json.read(out)["commands"]) == 2
+    assert dataset_json.read(out)["records"] == 16
     assert generate_dataset_main(["--verify", str(out)]) == 0
 
 
@@ -311,7 +311,7 @@ def test_yaml_config_sits_between_defaults_and_flags(tmp_path):
     cfg = tmp_path / "ingest.yaml"
     cfg.write_text(f"out: {tmp_path / 'o'}\nimage-size: 40\nquality: 80\nval_fraction: 0.4\n")
     assert generate_dataset_main([str(lst), "--config", str(cfg), "--image-size", "48"]) == 0
-    m = records.load_manifest(tmp_path / "o")
+    m = dataset_json.read(tmp_path / "o")
     assert m["image_size"] == 48 and m["quality"] == 80 and m["splits"]["val"]["records"] == 2
     cfg.write_text("imagesize: 40\n")
     assert generate_dataset_main([str(lst), "--config", str(cfg)]) == 2  # unknown key: refused

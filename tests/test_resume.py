@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT, SAMPLE, sample_lines
-from fashion.data import records
+from fashion.data import dataset_json, records
 from fashion.data.records import verify
 
 
@@ -79,6 +79,6 @@ def test_stdin_stream(tmp_path):
     proc = run_cmd(["-", "--out", str(out), "--image-size", "32", "--val-fraction", "0.4"], stdin=subprocess.PIPE)
     stdout, stderr = proc.communicate(text, timeout=300)
     assert proc.returncode == 0, stderr
-    m = records.load_manifest(out)
+    m = dataset_json.read(out)
     assert m["records"] == 5 and m["labels"][0] == "label_0" and len(m["labels"]) == 13
     assert "positives per class" in stdout

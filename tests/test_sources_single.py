@@ -12,7 +12,7 @@ import pytest
 
 from conftest import ROOT, SAMPLE, sample_lines
 from fashion.cli import generate_dataset_main
-from fashion.data import records
+from fashion.data import dataset_json, records
 
 CS = ROOT / "data" / "clothing-small"  # 3 classes x (8 train + 3 validation + 2 test)
 CLASSES = ["dress", "pants", "shoes"]
@@ -25,7 +25,7 @@ def ingest(*args: str | Path, cache: Path | None = None) -> int:
 
 def read_records(out: Path) -> dict[str, dict]:
     """id -> record (with its split) from every split in the manifest."""
-    manifest = records.load_manifest(out)
+    manifest = dataset_json.read(out)
     recs = {}
     for split in manifest["splits"]:
         for rec in records.iter_records(records.shard_paths(out, split)):
@@ -316,8 +316,8 @@ def test_relative_source_folders(tmp_path, monkeypatch):
     monkeypatch.chdir(ROOT)
     out = tmp_path / "rel"
     assert ingest("--from-folders", "data/clothing-small", "--out", out) == 0
-    assert records.load_manifest(out)["records"] == 39
+    assert dataset_json.read(out)["records"] == 39
     monkeypatch.chdir(ROOT / "data")
     out2 = tmp_path / "rel2"
     assert ingest("clothing-small/train", "--label-regex", r"([^/]+)/[^/]+\.jpg$", "--out", out2) == 0
-    assert records.load_manifest(out2)["records"] == 24
+    assert dataset_json.read(out2)["records"] == 24

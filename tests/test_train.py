@@ -18,7 +18,8 @@ from conftest import ROOT, SAMPLE
 from fashion.cli import train_main
 from fashion.config.train import TrainConfig
 from fashion.data import pipeline
-from fashion.model import losses, metrics, network as model_lib
+from fashion.model import losses, meta_json, metrics, network as model_lib
+from fashion.model.meta_json import BundleMeta
 from fashion.model.tasks.base import HEAD_PREFIX, head_names
 from fashion.train.optim import make_optimizer
 
@@ -227,6 +228,9 @@ def test_train_end_to_end_bundle_thresholds_and_reload(dataset, tmp_path, capsys
     bundle = tmp_path / "ms" / "e2e"
     meta = json.loads((bundle / "meta.json").read_text())
     assert meta["labels"] == LABELS and meta["input_size"] == SIZE and len(meta["thresholds"]) == 13
+    # what train.py writes is what the typed contract declares, and its one reader takes it
+    assert set(meta) <= set(BundleMeta.__required_keys__) | set(BundleMeta.__optional_keys__), sorted(meta)
+    assert meta_json.read(bundle / "meta.json") == meta
     # on the tuner's grid, or exactly 0 (always predict) / 1 (never)
     assert set(meta["thresholds"]) <= {0.0, 1.0, *metrics.THRESHOLD_GRID.tolist()}, meta["thresholds"]
     assert len(meta["head_weights"]) == 13 and meta["dataset"]["manifest_sha256"]

@@ -12,4 +12,4 @@ DEFAULT_CACHE = "data/cache"
 
 class _Config:
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return dataclasses.asdict(self)  # type: ignore[call-overload]  # (every subclass is a dataclass)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins  # the field `list` (LIST) shadows the type in the annotations below it
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,7 +57,9 @@ class IngestConfig(_Config):
         group=IO,
         choices=C.ENGINES,
     )
-    beam_args: list[str] = field(default_factory=list)  # what followed `--` on the command line (not an option)
+    beam_args: builtins.list[str] = field(
+        default_factory=builtins.list
+    )  # what followed `--` on the command line (not an option)
     workers: int = opt(help="parallel downloads/decodes", group=FETCH, metavar="N", factory=default_workers)
     cache: str | None = opt(
         DEFAULT_CACHE,
@@ -139,7 +142,7 @@ class IngestConfig(_Config):
         group=SOURCES,
         metavar="DIR",
     )
-    from_tfrecords: list[str] | None = opt(
+    from_tfrecords: builtins.list[str] | None = opt(
         None,
         "the original project's TFRecords (features image + label_0..label_N), task multilabel: one file is "
         "split by --val-fraction/--val-count, two are train and val as given; ids FILESTEM-INDEX; images "

@@ -69,7 +69,9 @@ def flag_of(f: dataclasses.Field) -> str:
 
 
 def default_of(f: dataclasses.Field) -> Any:
-    return f.default if f.default is not dataclasses.MISSING else f.default_factory()
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    return f.default_factory()  # type: ignore[operator]  # (a field made by opt() has one or the other)
 
 
 def parse_size(text: str) -> int:

@@ -190,6 +190,12 @@ def watch(on_lost) -> None:
     _on_lost = on_lost
 
 
+def _cluster() -> Cluster:
+    """This process's cluster: set by `start` before anything that asks."""
+    assert _current is not None, "cluster.start() first"
+    return _current
+
+
 def _client():
     from jax._src import distributed
 
@@ -197,7 +203,8 @@ def _client():
 
 
 def _heartbeat() -> None:
-    client, me = _client(), _current.index
+    cur = _cluster()
+    client, me = _client(), cur.index
     while True:
         try:
             if _on_lost is not None:
@@ -210,21 +217,21 @@ def _heartbeat() -> None:
                 # JAX's client usually aborts this process now, its one line printed by fashion.core.quiet;
                 # say it ourselves only if it does not
                 time.sleep(3 * BEAT_S)
-                _on_lost(f"worker 0 at {_current.addresses[0]} (the coordinator) stopped during training")
+                _on_lost(f"worker 0 at {cur.addresses[0]} (the coordinator) stopped during training")
         time.sleep(BEAT_S)
 
 
 def _stale_workers(client, older_than: float = STALE_S) -> str:
-    now, gone = time.time(), []
+    cur, now, gone = _cluster(), time.time(), []
     # One listing of the stamps there are (a worker not stamped yet is absent, not an error to tell apart
     # by its wording); an exception here means the coordinator is gone.
     stamps = {key.rsplit("/", 1)[-1]: raw for key, raw in client.key_value_dir_get("fashion/alive/")}
-    for i in range(_current.size):
+    for i in range(cur.size):
         raw = stamps.get(str(i))
-        if i == _current.index or raw is None:
+        if i == cur.index or raw is None:
             continue
         if raw != DONE and now - float(raw) > older_than:
-            gone.append(_current.name(i))
+            gone.append(cur.name(i))
     return ", ".join(gone)
 
 

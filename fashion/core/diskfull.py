@@ -7,10 +7,11 @@ import shutil
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
+
+from fashion.core.storage import Location
 
 _ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 
@@ -48,10 +49,10 @@ def progress(plans: Sequence[Any], states: list[dict[str, Any]], writer: Any) ->
     return Progress(len(states), len(plans), left, n_bytes / n_recs if n_recs else 0.0, book + 65536)
 
 
-def message(out: Path, p: Progress) -> str:
+def message(out: Location, p: Progress) -> str:
     """One line: the folder, what is kept, the free space the rest needs and what there is."""
     try:
-        free = f"{size(shutil.disk_usage(out).free)} free now"
+        free = f"{size(shutil.disk_usage(str(out)).free)} free now"
     except OSError:
         free = "free space unknown"
     if not p.shards_total:

@@ -23,20 +23,21 @@ import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, Union
 
 from fashion.core.errors import IngestError
 
 INSTALL = "pip install 'fashion[beam]' (or: pip install 'apache-beam[aws]' for s3://, 'apache-beam[gcp]' for gs://)"
 CHECK_DEADLINE_S = 60.0  # for the first look at a remote --out/--cache
 CHUNK = 8 << 20  # upload/download in pieces: a shard is never held in memory whole
+Location = Union[Path, "RemotePath"]  # a local folder or file, or one on an object store
 
 
 def is_remote(path: str | Path | RemotePath | None) -> bool:
     return isinstance(path, RemotePath) or (isinstance(path, str) and "://" in path)
 
 
-def location(path: str | Path | RemotePath) -> Path | RemotePath:
+def location(path: str | Location) -> Location:
     """`path` as a Path (local) or a RemotePath (a URL such as s3://bucket/folder)."""
     if isinstance(path, (Path, RemotePath)):
         return path

@@ -112,17 +112,18 @@ class _DeadlineTimeout(Timeout):
     def __init__(self, budget: _Budget, connect: float, read: float):
         super().__init__(connect=connect, read=read)
         self.budget = budget
+        self.connect_s, self.read_s = connect, read
 
     def clone(self) -> _DeadlineTimeout:
-        return _DeadlineTimeout(self.budget, self._connect, self._read)
+        return _DeadlineTimeout(self.budget, self.connect_s, self.read_s)
 
     @property
     def connect_timeout(self) -> float:
-        return self.budget.wait(self._connect)
+        return self.budget.wait(self.connect_s)
 
     @property
     def read_timeout(self) -> float:
-        return self.budget.wait(self._read)
+        return self.budget.wait(self.read_s)
 
 
 def make_session(retries: int = 3, pool_size: int = 16, backoff: float = 0.5) -> requests.Session:
@@ -284,7 +285,7 @@ class Fetcher:
         _local.budget = budget
         try:
             timeout = _DeadlineTimeout(budget, self.connect_timeout, self.timeout)
-            with self.session.get(url, stream=True, timeout=timeout) as r:
+            with self.session.get(url, stream=True, timeout=timeout) as r:  # type: ignore[arg-type]  # (urllib3 takes its Timeout through requests)
                 with self._lock:
                     self.downloads += 1
                 if r.status_code != 200:

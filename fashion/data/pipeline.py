@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from fashion.data import records
+from fashion.data import dataset_json, records
 
 
 @dataclass
@@ -29,7 +29,7 @@ class Split:
 
 
 def describe_split(folder: str | Path, split: str) -> Split:
-    manifest = records.load_manifest(folder)
+    manifest = dataset_json.read(folder)
     info = manifest["splits"].get(split)
     if not info or not info["records"]:
         raise ValueError(f"{folder}: the dataset has no '{split}' records")

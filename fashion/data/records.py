@@ -1,4 +1,4 @@
-"""The record format and the dataset manifest: the contract every later stage reads.
+"""The record format: the shards every later stage reads (their manifest is dataset_json's).
 
 A dataset folder holds
   train-00000-of-000NN.tfrecord ... val-00000-of-000MM.tfrecord [test-...]
@@ -30,12 +30,11 @@ import numpy as np
 from tqdm import tqdm
 
 from fashion.core import outlock, storage
-from fashion.data import tfrecord_lite
+from fashion.data import dataset_json, tfrecord_lite
+from fashion.data.dataset_json import MANIFEST, DatasetManifest, ShardEntry, SplitEntry
 from fashion.core.errors import EXIT_FAILURES, EXIT_FATAL, EXIT_OK
 from fashion.core.fileio import sha256_file
 
-SCHEMA_VERSION = 1
-MANIFEST = "dataset.json"
 FAILURES = "failures.csv"
 INDEX = "index.csv"
 SPLITS = ("train", "val")  # always in the manifest
@@ -161,28 +160,13 @@ class ShardWriter:
             self.tmp.unlink(missing_ok=True)
 
 
-# --------------------------------------------------------------------------- manifest
-
-
-def load_manifest(folder: str | Path | storage.RemotePath) -> dict[str, Any]:
-    path = storage.location(folder) / MANIFEST
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no dataset manifest (run generate_dataset.py first)")
-    manifest = json.loads(path.read_text(encoding="utf-8"))
-    if manifest.get("schema_version", 0) > SCHEMA_VERSION:
-        raise ValueError(
-            f"{path}: schema version {manifest['schema_version']} is newer than this "
-            f"tool's ({SCHEMA_VERSION}); update fashion"
-        )
-    return manifest
-
-
 def shard_paths(folder: str | Path, split: str) -> list[Path]:
     """Shards of a split: from the manifest when there is one, else by file name."""
     folder = Path(folder)
     if (folder / MANIFEST).is_file():
-        manifest = load_manifest(folder)
-        return [folder / s["name"] for s in manifest["splits"].get(split, {}).get("shards", [])]
+        manifest = dataset_json.read(folder)
+        info = manifest["splits"].get(split)
+        return [folder / s["name"] for s in info["shards"]] if info else []
     return sorted(folder.glob(f"{split}-*.tfrecord")) + sorted(folder.glob(f"{split}*.tfrecords"))
 
 
@@ -258,16 +242,16 @@ def find_damage(folder: str | Path, splits: Iterable[str] = SPLITS) -> list[str]
     changed = _changed_shards(folder, splits, True)
     if changed:
         return [(_first_bad_record(path, False) or problem) if path.is_file() else problem for path, problem in changed]
-    manifest = load_manifest(folder)
-    paths = [folder / s["name"] for split in splits for s in manifest["splits"].get(split, {}).get("shards", [])]
+    manifest = dataset_json.read(folder)
+    paths = [folder / s["name"] for split in splits if split in manifest["splits"] for s in manifest["splits"][split]["shards"]]
     return [bad for bad in (_first_bad_record(p, True) for p in paths) if bad]
 
 
 def _changed_shards(folder: Path, splits: Iterable[str], sha256: bool) -> list[tuple[Path, str]]:
-    manifest = load_manifest(folder)
+    manifest = dataset_json.read(folder)
     found = []
     for split in splits:
-        for shard in manifest["splits"].get(split, {}).get("shards", []):
+        for shard in manifest["splits"][split]["shards"] if split in manifest["splits"] else []:
             path = folder / shard["name"]
             if not path.is_file():
                 found.append((path, f"{path}: missing (dataset.json lists it with {shard['records']} records)"))
@@ -294,7 +278,7 @@ def _first_bad_record(path: Path, decode: bool) -> str | None:
     return None
 
 
-def tf_error_text(e: Exception) -> str:
+def tf_error_text(e: BaseException) -> str:
     """A TensorFlow error's own words on one line, without the graph-function and op decorations."""
     text = re.sub(r"\{\{function_node [^}]*\}\}\s*", "", getattr(e, "message", None) or str(e))
     text = re.split(r"\s*\[(?:Op:|\[\{\{node)", text.splitlines()[0] if text else "")[0]
@@ -324,7 +308,7 @@ def verify(folder: str | Path, shown: str | None = None) -> int:
             file=sys.stderr,
         )
     try:
-        manifest = load_manifest(folder)
+        manifest = dataset_json.read(folder)
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_FATAL
@@ -354,14 +338,14 @@ def verify(folder: str | Path, shown: str | None = None) -> int:
 class _Verifier:
     """What `verify` gathers while re-reading: ids seen and problems found, in reading order."""
 
-    def __init__(self, folder: Path, manifest: dict[str, Any], bar: tqdm):
+    def __init__(self, folder: Path, manifest: DatasetManifest, bar: tqdm):
         self.folder, self.bar = folder, bar
         self.n_labels = manifest["num_classes"]
         self.multiclass = manifest.get("task", "multilabel") == "multiclass"
         self.ids: Counter[str] = Counter()
         self.problems: list[str] = []
 
-    def split(self, split: str, info: dict[str, Any]) -> None:
+    def split(self, split: str, info: SplitEntry) -> None:
         positives = [0] * self.n_labels
         count = 0
         for shard in info["shards"]:
@@ -373,7 +357,7 @@ class _Verifier:
                 f"{split}: positives per class {positives} differ from the manifest {info['positives']}"
             )
 
-    def shard(self, shard: dict[str, Any], positives: list[int]) -> int:
+    def shard(self, shard: ShardEntry, positives: list[int]) -> int:
         """The number of records read; adds the shard's labels to `positives`."""
         name, path = shard["name"], self.folder / shard["name"]
         if not path.is_file():

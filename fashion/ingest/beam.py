@@ -42,6 +42,7 @@ from fashion.config.ingest import IngestConfig
 from fashion.core import quiet, storage
 from fashion.core.errors import IngestError
 from fashion.data import records
+from fashion.data.fetching import Fetcher
 from fashion.data.sources import Item
 from fashion.ingest import workers
 from fashion.ingest.shards import ShardPlan, shard_done, write_shard
@@ -105,7 +106,7 @@ def _dofn(beam: Any) -> type:
         def __init__(self, cfg: IngestConfig, out: str, partial: str, n_labels: int):
             self.cfg, self.n_labels = cfg, n_labels
             self.out, self.partial = storage.location(out), storage.location(partial)
-            self.fetcher = None
+            self.fetcher: Fetcher | None = None
             self.images = beam.metrics.Metrics.counter("fashion", "images")
 
         def setup(self) -> None:
@@ -116,6 +117,7 @@ def _dofn(beam: Any) -> type:
             plan = plan_from_line(line)
             state = shard_done(self.out, self.partial, plan)
             if state is None:
+                assert self.fetcher is not None  # (Beam calls setup first)
                 results = workers.in_order(self.cfg, self.fetcher, plan.items)  # decoding in this process
                 try:
                     state = write_shard(self.out, self.partial, plan, self.n_labels, results)

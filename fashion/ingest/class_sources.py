@@ -93,11 +93,11 @@ def read_folders(root: str | Path, fixed: list[str] | None = None) -> ParsedList
         # without a validation folder, validation comes from train/ (--val-fraction); test/ is kept
         layout = [(train, "train" if val is not None else "")] + ([(val, "val")] if val is not None else [])
         layout += [(subdirs["test"], "test")] if "test" in subdirs else []
-        names = ", ".join(f"{d.name}/" for d, _ in layout)
+        shown = ", ".join(f"{d.name}/" for d, _ in layout)
         out.notes.append(
-            f"{root}: splits as given by {names}"
+            f"{root}: splits as given by {shown}"
             if val is not None
-            else f"{root}: {names} kept; no valid/ or validation/ folder, so validation is split "
+            else f"{root}: {shown} kept; no valid/ or validation/ folder, so validation is split "
             f"from train/ (--val-fraction/--val-count)"
         )
         other = sorted(set(subdirs.values()) - {d for d, _ in layout})

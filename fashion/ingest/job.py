@@ -31,7 +31,8 @@ from tqdm import tqdm
 from fashion.config.ingest import IngestConfig
 from fashion.core import diskfull, fileio, outlock, storage
 from fashion.core.errors import EXIT_DISK_FULL, EXIT_FAILURES, EXIT_FATAL, EXIT_INTERRUPTED, EXIT_OK, IngestError
-from fashion.data import records, review
+from fashion.data import dataset_json, records, review
+from fashion.data.dataset_json import DatasetManifest
 from fashion.data.records import verify
 from fashion.data.sources import Failure, Item, ParsedList, open_list, parse_list, read_label_names
 from fashion.ingest import class_sources, reports, tfrecord_source, workers
@@ -96,7 +97,7 @@ class Ingest:
         with quiet.filtered_stderr():  # Beam's import warns about cloud clients it does not need
             storage.configure(self.cfg.beam_args)
             for flag, url in remote:
-                storage.check(url, flag)
+                storage.check(str(url), flag)
 
     def _run(self) -> int:
         if self.cfg.engine == "beam":
@@ -134,24 +135,24 @@ class Ingest:
         return EXIT_FAILURES if all_failures else EXIT_OK
 
     # ---- the output folder as found
-    def _existing_manifest(self) -> dict[str, Any] | None:
+    def _existing_manifest(self) -> DatasetManifest | None:
         cfg = self.cfg
-        has_manifest = (self.out / records.MANIFEST).is_file()
+        has_manifest = dataset_json.exists(self.out)
         if cfg.overwrite:
             return None  # cleared in _plan, once the list has been read (a bad list must not cost the dataset)
         if cfg.append:
             if not has_manifest:
-                raise IngestError(f"--append: {self.out} has no {records.MANIFEST} to append to")
-            return records.load_manifest(self.out)
+                raise IngestError(f"--append: {self.out} has no {dataset_json.MANIFEST} to append to")
+            return dataset_json.read(self.out)
         if has_manifest:
-            manifest = records.load_manifest(self.out)
+            manifest = dataset_json.read(self.out)
             return manifest  # a rerun of the same command is recognised by its fingerprint below
         return None
 
     def _clear_out(self) -> None:
         for p in self.out.glob("*.tfrecord"):
             p.unlink()
-        for name in (records.MANIFEST, records.FAILURES, records.INDEX):
+        for name in (dataset_json.MANIFEST, records.FAILURES, records.INDEX):
             (self.out / name).unlink(missing_ok=True)
         self._clear_partial()
 
@@ -166,11 +167,11 @@ class Ingest:
             else:
                 p.unlink()
 
-    def _already_holds(self, existing: dict[str, Any] | None, fp: str) -> int | None:
+    def _already_holds(self, existing: DatasetManifest | None, fp: str) -> int | None:
         """A rerun of a finished command: its summary again and the exit code it ended with; else None."""
         parts = existing.get("parts", []) if existing else []
         k = next((k for k, p in enumerate(parts) if p.get("fingerprint") == fp), None)
-        if k is None:
+        if k is None or existing is None:
             return None
         storage.rmtree(self.partial)
         print(f"{self.out}: already holds the records of this exact command (fingerprint {fp}); nothing to do")
@@ -180,7 +181,7 @@ class Ingest:
         return EXIT_FAILURES if parts[k].get("failures") else EXIT_OK
 
     # ---- step 1: read the list
-    def _read_source(self, existing: dict[str, Any] | None) -> ParsedList:
+    def _read_source(self, existing: DatasetManifest | None) -> ParsedList:
         """The source as parsed and reviewed; its bad lines warned about (or fatal with --strict)."""
         parsed = self._read_list(self._label_names(existing))
         self.task = parsed.task
@@ -212,7 +213,7 @@ class Ingest:
             why = f"all {len(parsed.failures)} line(s) are bad (warnings above)"
         return f"{self.source_name}: nothing to ingest: {why}; nothing written"
 
-    def _label_names(self, existing: dict[str, Any] | None) -> list[str] | None:
+    def _label_names(self, existing: DatasetManifest | None) -> list[str] | None:
         names = read_label_names(self.cfg.labels) if self.cfg.labels else None
         if existing is not None:
             if names is not None and names != existing["labels"]:
@@ -258,7 +259,7 @@ class Ingest:
         }
 
     # ---- step 2: plan, and claim OUT/.partial/ for it
-    def _plan(self, existing: dict[str, Any] | None, parsed: ParsedList, fp: str) -> Part:
+    def _plan(self, existing: DatasetManifest | None, parsed: ParsedList, fp: str) -> Part:
         items, skipped = parsed.items, list(parsed.failures)
         if existing is not None and self.cfg.append:
             items, dupes = self._drop_known_ids(items, existing)
@@ -273,7 +274,7 @@ class Ingest:
             print(f"warning: every line is already in {self.out}: nothing new to add", file=sys.stderr)
         return part
 
-    def _drop_known_ids(self, items: list[Item], existing: dict[str, Any]) -> tuple[list[Item], list[Failure]]:
+    def _drop_known_ids(self, items: list[Item], existing: DatasetManifest) -> tuple[list[Item], list[Failure]]:
         known = {row[0] for row in _committed_index(self.out, existing)}
         keep, dupes = [], []
         for it in items:
@@ -286,7 +287,7 @@ class Ingest:
                 keep.append(it)
         return keep, dupes
 
-    def _part_tag(self, existing: dict[str, Any] | None) -> str:
+    def _part_tag(self, existing: DatasetManifest | None) -> str:
         if existing is None or not self.cfg.append:
             return ""
         return f"a{len(existing.get('parts', [])):02d}"
@@ -305,7 +306,7 @@ class Ingest:
                     f"rerun that command to finish it, or add --overwrite to start again"
                 )
             self._clear_partial()
-        elif (self.out / records.MANIFEST).is_file() and not self.cfg.append:
+        elif dataset_json.exists(self.out) and not self.cfg.append:
             raise IngestError(
                 f"{self.out} already holds a dataset made by another command; "
                 f"use --append to add records or --overwrite to replace it"
@@ -372,11 +373,12 @@ class Ingest:
     # ---- step 4: finalize the manifest
     def _shard_states(self, plans: list[ShardPlan]) -> list[dict[str, Any]]:
         states = [self._shard_done(p) for p in plans]
-        if any(s is None for s in states):  # cannot happen unless files were removed under us
+        found = [s for s in states if s is not None]
+        if len(found) < len(states):  # cannot happen unless files were removed under us
             raise IngestError(f"{self.out}: a shard vanished while writing; rerun the same command")
-        return states
+        return found
 
-    def _finalize(self, existing: dict[str, Any] | None, part: Part, states: list[dict[str, Any]]) -> dict[str, Any]:
+    def _finalize(self, existing: DatasetManifest | None, part: Part, states: list[dict[str, Any]]) -> DatasetManifest:
         """failures.csv and index.csv first, dataset.json last (its presence means complete)."""
         # Only rows the previous manifest vouches for: a kill between the CSV writes and the
         # manifest's must not count this run's rows twice on the rerun.
@@ -398,12 +400,12 @@ class Ingest:
                 ["id", "split", "shard", "source", "labels"], old_index + [r for s in states for r in s["index"]]
             ),
         )
-        fileio.atomic_write_json(self.out / records.MANIFEST, manifest)
+        dataset_json.write(self.out, manifest)
         storage.rmtree(self.partial)
         return manifest
 
 
-def _committed_index(out: Path | storage.RemotePath, manifest: dict[str, Any]) -> list[list[str]]:
+def _committed_index(out: Path | storage.RemotePath, manifest: DatasetManifest) -> list[list[str]]:
     """index.csv rows whose shard the manifest lists."""
     shards = {sh["name"] for sp in manifest["splits"].values() for sh in sp["shards"]}
     return [r for r in fileio.read_csv_rows(out / records.INDEX) if len(r) > 2 and r[2] in shards]
@@ -429,8 +431,8 @@ def verify_dataset(folder: str, beam_args: list[str]) -> int:
         storage.configure(beam_args)
         storage.check(folder, "--verify")
     remote = storage.RemotePath(folder)
-    if not (remote / records.MANIFEST).is_file():
-        raise IngestError(f"{remote / records.MANIFEST}: no dataset manifest (run generate_dataset.py first)")
+    if not (remote / dataset_json.MANIFEST).is_file():
+        raise IngestError(f"{remote / dataset_json.MANIFEST}: no dataset manifest (run generate_dataset.py first)")
     with tempfile.TemporaryDirectory(prefix="fashion-verify-") as local:
         n = storage.copy_tree(remote, Path(local))
         print(f"{folder}: {n} file(s) copied to {local} to be checked there")

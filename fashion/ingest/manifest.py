@@ -1,6 +1,6 @@
 """`dataset.json` as a `generate_dataset.py` run builds it: a new manifest, then each part's shards and counts.
 
-The format itself (keys, schema version, reading) is records.py's; this is the writer's side.
+The format itself (its typed shape, reading and writing) is fashion.data.dataset_json's; this builds one.
 """
 
 from __future__ import annotations
@@ -11,7 +11,8 @@ from datetime import datetime, timezone
 from typing import Any
 
 from fashion.config.ingest import IngestConfig
-from fashion.data import records
+from fashion.data import dataset_json, records
+from fashion.data.dataset_json import DatasetManifest, PartEntry, SplitEntry
 from fashion.data.sources import Failure
 
 
@@ -19,9 +20,9 @@ def timestamp() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def new_manifest(cfg: IngestConfig, task: str, labels: list[str], created: str) -> dict[str, Any]:
+def new_manifest(cfg: IngestConfig, task: str, labels: list[str], created: str) -> DatasetManifest:
     return {
-        "schema_version": records.SCHEMA_VERSION,
+        "schema_version": dataset_json.SCHEMA_VERSION,
         "task": task,
         "labels": labels,
         "num_classes": len(labels),
@@ -47,24 +48,27 @@ def new_manifest(cfg: IngestConfig, task: str, labels: list[str], created: str) 
 
 
 def add_part(
-    manifest: dict[str, Any],
+    manifest: DatasetManifest,
     part: dict[str, Any],
     splits: Sequence[str],
     states: list[dict[str, Any]],
     new_failures: list[Failure],
     task: str,
     updated: str,
-) -> dict[str, Any]:
+) -> DatasetManifest:
     """`manifest` with a part's shards (one state per shard, in `splits` order), counts and command added.
 
     `part`: tag, fingerprint, command and optionally review, as recorded under `parts`.
     """
     labels = manifest["labels"]
     for split, st in zip(splits, states):
-        sp = manifest["splits"].setdefault(split, {"records": 0, "positives": [0] * len(labels), "shards": []})
+        empty: SplitEntry = {"records": 0, "positives": [0] * len(labels), "shards": []}
+        sp = manifest["splits"].setdefault(split, empty)
         sp["records"] += st["records"]
         sp["positives"] = [a + b for a, b in zip(sp["positives"], st["positives"])]
-        sp["shards"].append({k: st[k] for k in ("name", "records", "sha256", "bytes")})
+        sp["shards"].append(
+            {"name": st["name"], "records": st["records"], "sha256": st["sha256"], "bytes": st["bytes"]}
+        )
     manifest.setdefault("task", task)
     manifest["failures"] += len(new_failures)
     kinds = Counter(manifest.get("failures_by_kind", {}))
@@ -73,15 +77,14 @@ def add_part(
     manifest["records"] = sum(sp["records"] for sp in manifest["splits"].values())
     manifest["updated"] = updated
     manifest["commands"].append(part["command"])
-    review = part.get("review")
-    manifest["parts"].append(
-        {
-            "tag": part["tag"],
-            "fingerprint": part["fingerprint"],
-            "command": part["command"],
-            "records": sum(s["records"] for s in states),
-            "failures": len(new_failures),
-            **({"review": review} if review else {}),
-        }
-    )
+    entry: PartEntry = {
+        "tag": part["tag"],
+        "fingerprint": part["fingerprint"],
+        "command": part["command"],
+        "records": sum(s["records"] for s in states),
+        "failures": len(new_failures),
+    }
+    if part.get("review"):
+        entry["review"] = part["review"]
+    manifest["parts"].append(entry)
     return manifest

@@ -5,12 +5,12 @@ from __future__ import annotations
 import sys
 from collections import Counter
 from collections.abc import Sequence
-from pathlib import Path
-from typing import Any
 
 import numpy as np
 from tqdm import tqdm
 
+from fashion.core.storage import Location
+from fashion.data.dataset_json import DatasetManifest, PartEntry
 from fashion.data.sources import Failure, Item
 
 
@@ -44,12 +44,12 @@ def top_cooccurrences(y: np.ndarray, labels: Sequence[str], k: int = 5) -> list[
 
 
 def print_ingest_summary(
-    manifest: dict[str, Any],
+    manifest: DatasetManifest,
     failures: list[Failure],
     processed: int,
     elapsed: float,
     written_labels: np.ndarray,
-    out: Path,
+    out: Location,
 ) -> None:
     labels = manifest["labels"]
     sp = manifest["splits"]
@@ -72,18 +72,16 @@ def print_ingest_summary(
     if empty:
         print(f"warning: {len(empty)} class(es) have no positive example: {', '.join(empty)}")
     missing_val = [
-        n
-        for k, n in enumerate(labels)
-        if sp["train"]["positives"][k] and not sp.get("val", {}).get("positives", [1] * len(labels))[k]
+        n for k, n in enumerate(labels) if sp["train"]["positives"][k] and "val" in sp and not sp["val"]["positives"][k]
     ]
-    if missing_val and sp.get("val", {}).get("records"):
+    if missing_val and "val" in sp and sp["val"]["records"]:
         print(f"warning: no validation positive for: {', '.join(missing_val)}")
     pairs = top_cooccurrences(written_labels, labels)
     if pairs:
         print("most frequent label pairs (this run): " + ", ".join(f"{a}+{b} {n}" for a, b, n in pairs))
 
 
-def print_rerun_summary(manifest: dict[str, Any], part: dict[str, Any], reasons: list[str], out: Path) -> None:
+def print_rerun_summary(manifest: DatasetManifest, part: PartEntry, reasons: list[str], out: Location) -> None:
     """A rerun of a finished command: what that command wrote and skipped, and where the list is."""
     sp = manifest["splits"]
     total = sum(sp[s]["records"] for s in sp)

@@ -14,13 +14,13 @@ import hashlib
 import json
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from fashion.config.ingest import IngestConfig
 from fashion.core import fileio
+from fashion.core.storage import Location
 from fashion.data import records
 from fashion.data.sources import Failure, Item
 from fashion.ingest import splits
@@ -93,11 +93,11 @@ def plan_shards(items: list[Item], cfg: IngestConfig, part: str, shuffle: bool =
 # --------------------------------------------------------------------------- writing one shard
 
 
-def state_path(partial: Path, plan: ShardPlan) -> Path:
+def state_path(partial: Location, plan: ShardPlan) -> Location:
     return partial / f"{plan.name}.json"
 
 
-def shard_done(out: Path, partial: Path, plan: ShardPlan) -> dict[str, Any] | None:
+def shard_done(out: Location, partial: Location, plan: ShardPlan) -> dict[str, Any] | None:
     """The shard's state when an earlier run (or another worker) finished it, else None."""
     state_file, shard = state_path(partial, plan), out / plan.name
     if not (state_file.is_file() and shard.is_file()):
@@ -110,8 +110,8 @@ def shard_done(out: Path, partial: Path, plan: ShardPlan) -> dict[str, Any] | No
 
 
 def write_shard(
-    out: Path,
-    partial: Path,
+    out: Location,
+    partial: Location,
     plan: ShardPlan,
     n_labels: int,
     results: Iterator[Result],
@@ -129,7 +129,7 @@ def write_shard(
             item, example, failure = next(results)
             if failure is not None:
                 fails.append(asdict(failure))
-            else:
+            elif example is not None:  # (a result holds one or the other)
                 writer.write(example, item.labels)
                 index.append([item.id, plan.split, plan.name, item.source, "".join(map(str, item.labels))])
             on_result(item, failure)

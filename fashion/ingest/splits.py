@@ -62,11 +62,11 @@ def _exact_size(y: np.ndarray, train: list[int], val: list[int], n_val: int) -> 
 
 def _ensure_both_sides(y: np.ndarray, train: np.ndarray, val: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Swap rows so every class with >= 2 positives has one in each split (small sets lose them)."""
-    train, val = list(train), list(val)
+    tr, va = [int(i) for i in train], [int(i) for i in val]
     for c in np.argsort(y.sum(0)):  # rarest first, so later swaps do not undo them
         if y[:, c].sum() < 2:
             continue
-        for src, dst in ((train, val), (val, train)):
+        for src, dst in ((tr, va), (va, tr)):
             if y[dst, c].any() or not dst:
                 continue
             # move the positive with fewest other labels; bring back a row without class c
@@ -75,6 +75,8 @@ def _ensure_both_sides(y: np.ndarray, train: np.ndarray, val: np.ndarray) -> tup
             if not take:
                 continue
             back = min(take, key=lambda i: y[i].sum())
-            src.remove(give), dst.remove(back)
-            src.append(back), dst.append(give)
-    return np.sort(np.array(train, dtype=int)), np.sort(np.array(val, dtype=int))
+            src.remove(give)
+            dst.remove(back)
+            src.append(back)
+            dst.append(give)
+    return np.sort(np.array(tr, dtype=int)), np.sort(np.array(va, dtype=int))

@@ -21,6 +21,7 @@ from google.protobuf.message import DecodeError
 from tqdm import tqdm
 
 from fashion.core import fileio
+from fashion.core.storage import Location
 from fashion.data import records
 from fashion.data.imaging import sniff
 from fashion.data.sources import Failure, ListError, ParsedList, add_item
@@ -30,11 +31,11 @@ SPLITS = ("train", "val")  # two files: the first is train, the second val
 _EXTENSIONS = {"jpeg": ".jpg", "tiff": ".tif"}
 
 
-def extract_root(cache: str | None, partial: Path) -> Path:
+def extract_root(cache: str | None, partial: Location) -> Path:
     # Under --cache when set: like downloads there, extracted images outlive the run, so no rerun
     # extracts twice (after Ctrl-C, of a finished command, with --overwrite). With --cache '' they go
     # with the run's temp state in OUT/.partial/ (ingest keeps them when --overwrite clears it).
-    return (Path(cache) if cache else Path(partial)).resolve() / EXTRACTED
+    return (Path(cache) if cache else Path(str(partial))).resolve() / EXTRACTED
 
 
 def read_tfrecords(paths: list[str], extract_dir: Path, label_names: list[str] | None = None) -> ParsedList:

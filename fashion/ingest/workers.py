@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import functools
 import itertools
 import multiprocessing
 import os
@@ -20,7 +21,7 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from multiprocessing.pool import AsyncResult, ThreadPool
 from typing import Any
 
@@ -39,13 +40,18 @@ Result = tuple[Item, bytes | None, Failure | None]  # (item, serialized example,
 def make_prepare(cfg: IngestConfig, fetcher: Fetcher) -> Callable[[Item], Prepared]:
     """The per-item function run on the threads: fetch, verify, resize, encode."""
 
-    options = dict(
-        size=cfg.image_size, mode=cfg.resize, quality=cfg.quality, min_side=cfg.min_side, max_pixels=cfg.max_pixels
-    )
-
     def prepare(item: Item) -> Prepared:
         try:
-            return item, imaging.process(fetcher.fetch(item.source), **options), None
+            data = fetcher.fetch(item.source)
+            encoded = imaging.process(
+                data,
+                size=cfg.image_size,
+                mode=cfg.resize,
+                quality=cfg.quality,
+                min_side=cfg.min_side,
+                max_pixels=cfg.max_pixels,
+            )
+            return item, encoded, None
         except (FetchError, imaging.ImageError) as e:
             return item, None, Failure(item.id, item.source, str(e), item.line)
         except Exception as e:  # one bad file must never stop the run
@@ -85,7 +91,11 @@ def _serve(cfg: IngestConfig, threads: int, inbox: Any, outbox: Any, parent: int
     pool = concurrent.futures.ThreadPoolExecutor(threads)
     while True:
         seq, item = inbox.get()
-        pool.submit(prepare, item).add_done_callback(lambda done, seq=seq: outbox.put((seq, done.result())))
+        pool.submit(prepare, item).add_done_callback(functools.partial(_send, outbox, seq))
+
+
+def _send(outbox, seq: int, done: concurrent.futures.Future) -> None:
+    outbox.put((seq, done.result()))
 
 
 class Processes:
@@ -117,9 +127,11 @@ class Processes:
         )
         self.procs[k].start()
 
-    def map(self, items: Iterable[Item]) -> Iterator[Result]:
+    def map(self, items: Iterable[Item]) -> Generator[Result, None, None]:
         window = self.cfg.workers * 4
-        source, pending, done = iter(items), {}, {}  # seq -> (item, its worker) in flight; seq -> prepared
+        source = iter(items)
+        pending: dict[int, tuple[Item, int]] = {}  # seq -> (item, its worker) in flight
+        done: dict[int, Prepared] = {}  # seq -> prepared
         sent = itertools.count()
         next_out, exhausted = 0, False
         while True:
@@ -197,7 +209,7 @@ def _sigint_ignored() -> Iterator[None]:
         signal.signal(signal.SIGINT, old)
 
 
-def ordered_map(fn, items: Iterable[Item], workers: int, window: int) -> Iterator[Any]:
+def ordered_map(fn, items: Iterable[Item], workers: int, window: int) -> Generator[Any, None, None]:
     """Like `executor.map`, but with at most `window` items in flight (memory stays flat).
 
     multiprocessing's ThreadPool, not ThreadPoolExecutor: its threads are daemons, so a download
@@ -230,7 +242,7 @@ def make_fetcher(cfg: IngestConfig, warn: Callable[[str], None] | None = None) -
     )
 
 
-def in_order(cfg: IngestConfig, fetcher: Fetcher, items: Iterable[Item]) -> Iterator[Result]:
+def in_order(cfg: IngestConfig, fetcher: Fetcher, items: Iterable[Item]) -> Generator[Result, None, None]:
     """Results for `items` on `cfg.workers` threads of this process, in list order, 4 per thread in flight."""
     prepared = ordered_map(make_prepare(cfg, fetcher), items, workers=cfg.workers, window=cfg.workers * 4)
     try:
@@ -246,7 +258,7 @@ def processes_for(n_images: int) -> int:
 
 
 @contextlib.contextmanager
-def processed(cfg: IngestConfig, items: Iterable[Item], n_items: int) -> Iterator[Iterator[Result]]:
+def processed(cfg: IngestConfig, items: Iterable[Item], n_items: int) -> Iterator[Generator[Result, None, None]]:
     """Results for `items`, in order; the workers (or the fetcher and threads) are closed on leaving."""
     n = processes_for(n_items)
     if n:

@@ -19,7 +19,9 @@ from fashion.config.choices import CLASS_WEIGHTS, HEAD_WEIGHTS, LOSSES
 POS_WEIGHT_CLIP = (0.02, 50.0)  # a class with 3 positives in 10,000 must not blow up the loss
 
 
-def head_weights(positives: Sequence[int], n: int, scheme: str = "none", beta: float = 0.999) -> np.ndarray:
+def head_weights(
+    positives: Sequence[int] | np.ndarray, n: int, scheme: str = "none", beta: float = 0.999
+) -> np.ndarray:
     """Loss weight per head, normalised to mean 1 over classes with positives.
 
     Args:
@@ -55,8 +57,8 @@ def class_weights(counts: Sequence[int], scheme: str = "none") -> np.ndarray:
     normalised to mean 1 over the classes present: `none` (all 1), `inverse` (N / count), `sqrt`."""
     if scheme not in CLASS_WEIGHTS:
         raise ValueError(f"--class-weights must be one of {CLASS_WEIGHTS}, got {scheme!r}")
-    counts = np.asarray(counts, float)
-    return head_weights(counts, int(counts.sum()), scheme)
+    n = np.asarray(counts, float)
+    return head_weights(n, int(n.sum()), scheme)
 
 
 def pos_weights(positives: Sequence[int], n: int, mode: str = "none") -> np.ndarray:

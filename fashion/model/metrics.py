@@ -7,6 +7,7 @@ scores well on it, so `constant_baseline` is reported beside every model.
 from __future__ import annotations
 
 import warnings
+from typing import Any
 
 import numpy as np
 
@@ -59,7 +60,7 @@ def f1_per_class(y_true: np.ndarray, y_pred: np.ndarray) -> tuple[np.ndarray, np
     return precision, recall, f1
 
 
-def summary(y_true: np.ndarray, scores: np.ndarray, thresholds: np.ndarray | float = 0.5) -> dict[str, float]:
+def summary(y_true: np.ndarray, scores: np.ndarray, thresholds: np.ndarray | float = 0.5) -> dict[str, Any]:
     """mAP, sample-F2 and macro-F1 at the given thresholds, plus AP per class."""
     pred = scores >= np.asarray(thresholds)
     ap = average_precision(y_true, scores)
@@ -162,7 +163,7 @@ def crossfit_f2(
     return float(np.mean(out))
 
 
-def constant_baseline(y_train: np.ndarray, y_eval: np.ndarray, beta: float = 2.0) -> dict[str, object]:
+def constant_baseline(y_train: np.ndarray, y_eval: np.ndarray, beta: float = 2.0) -> dict[str, Any]:
     """The best fixed label set (chosen on train), scored on `y_eval`.
 
     Greedy: add the label that raises train sample-F2 most until none does.

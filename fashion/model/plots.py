@@ -152,7 +152,8 @@ def image_grid(images: Sequence[bytes | None], titles: Sequence[str], title: str
     for ax, img, text in zip(axes.flat, images, titles):
         if img is not None:
             arr = cv2.imdecode(np.frombuffer(img, np.uint8), cv2.IMREAD_COLOR)
-            ax.imshow(cv2.cvtColor(arr, cv2.COLOR_BGR2RGB))
+            if arr is not None:  # (a record's bytes were checked when written; a damaged one shows no image)
+                ax.imshow(cv2.cvtColor(arr, cv2.COLOR_BGR2RGB))
         ax.set_title(text, fontsize=7)
     for ax in axes.flat:
         ax.axis("off")

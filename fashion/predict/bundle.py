@@ -10,20 +10,21 @@ differs between tasks (columns, probabilities) the bundle's task object (fashion
 from __future__ import annotations
 
 import glob
-import json
 import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from fashion.config.choices import TASKS
 from fashion.core.errors import BundleError
 from fashion.data import imaging
 from fashion.data.fetching import Fetcher
 from fashion.data.sources import IMAGE_EXTENSIONS
+from fashion.model import meta_json
+from fashion.model.meta_json import BundleMeta
 from fashion.model.tasks.base import Task
 from fashion.model.tasks.registry import get_task
 
@@ -31,14 +32,14 @@ from fashion.model.tasks.registry import get_task
 @dataclass
 class Bundle:
     path: Path
-    model: object
+    model: Any  # a Keras model or a TFLiteModel
     labels: list[str]
     heads: list[str]
     thresholds: np.ndarray
     input_size: int
     task: str = "multilabel"
     backbone: str = ""
-    meta: dict = field(default_factory=dict)
+    meta: BundleMeta | dict = field(default_factory=dict)
 
     @cached_property
     def task_obj(self) -> Task:
@@ -57,45 +58,7 @@ class Bundle:
         return float(self.thresholds[-1]) if len(self.thresholds) else 0.5
 
 
-def read_meta(path: Path) -> dict:
-    """A bundle's meta.json with the fields prediction reads checked; BundleError naming the file and the field."""
-    if not path.is_file():
-        raise BundleError(f"{path}: missing (labels, thresholds and input size come from there)")
-    try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
-    except UnicodeDecodeError:
-        raise BundleError(f"{path}: not UTF-8 text") from None
-    except json.JSONDecodeError as e:
-        raise BundleError(f"{path}: invalid JSON ({e.msg} at line {e.lineno}, column {e.colno})") from None
-    if not isinstance(meta, dict):
-        raise BundleError(f"{path}: expected a JSON object, found {type(meta).__name__}")
-    labels, task = meta.get("labels"), meta.get("task", "multilabel")
-    if not labels or not isinstance(labels, list) or not all(isinstance(x, str) for x in labels):
-        raise BundleError(f"{path}: 'labels' must be a non-empty list of names")
-    twice = sorted({x for x in labels if labels.count(x) > 1})
-    if twice:
-        raise BundleError(f"{path}: label {twice[0]!r} appears more than once")
-    if task not in TASKS:
-        raise BundleError(f"{path}: unknown task {task!r} (one of {', '.join(TASKS)})")
-    size = meta.get("input_size")
-    if size is None:
-        raise BundleError(f"{path}: no 'input_size' (the image side the model was trained at)")
-    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
-        raise BundleError(f"{path}: 'input_size' must be a whole number of pixels, got {size!r}")
-    heads = meta.get("heads")
-    if heads is not None and (not isinstance(heads, list) or not all(isinstance(h, str) for h in heads)):
-        raise BundleError(f"{path}: 'heads' must be a list of output names")
-    th = meta.get("thresholds") or []
-    if not isinstance(th, list) or not all(_probability(t) for t in th):
-        raise BundleError(f"{path}: 'thresholds' must be a list of numbers from 0 to 1")
-    return meta
-
-
-def _probability(t) -> bool:
-    return isinstance(t, (int, float)) and not isinstance(t, bool) and 0 <= t <= 1
-
-
-def _bundle(folder: Path, model, meta: dict, meta_path: Path, model_path: Path) -> Bundle:
+def _bundle(folder: Path, model, meta: BundleMeta, meta_path: Path, model_path: Path) -> Bundle:
     """The bundle, once meta.json agrees with the model's outputs and input size (else BundleError)."""
     labels, task = meta["labels"], meta.get("task", "multilabel")
     heads = meta.get("heads") or get_task(task, labels).heads
@@ -113,7 +76,7 @@ def _bundle(folder: Path, model, meta: dict, meta_path: Path, model_path: Path) 
     return bundle
 
 
-def _model_shape(model) -> tuple[dict[str, int | None], tuple[int, int] | None]:
+def _model_shape(model) -> tuple[dict[str, Any], tuple[Any, ...] | None]:
     """({output name: columns}, (height, width) of the input when fixed) of a Keras or TFLite model."""
     if isinstance(model, TFLiteModel):
         outs = {k: int(v["shape"][-1]) for k, v in model.runner.get_output_details().items()}
@@ -142,7 +105,7 @@ def _check_outputs(bundle: Bundle, outputs: dict[str, int | None], where: str, m
         return
     if len(outputs) != 1:
         raise BundleError(f"{where}a {task.name} bundle needs a model with one output; {model} has {len(outputs)}")
-    (name, width), want = next(iter(outputs.items())), task.units
+    (name, width), want = next(iter(outputs.items())), task.units  # type: ignore[attr-defined]  # (single-label tasks)
     if named and name != bundle.heads[0]:
         raise BundleError(f"{where}head {bundle.heads[0]!r} is not an output of {model} ({name})")
     if width is not None and width != want:
@@ -171,10 +134,10 @@ def _load_keras(path: Path):
 
 
 def newest_bundle(model_save: str | Path = "model_save") -> Path:
-    found = [p.parent for p in Path(model_save).glob("*/meta.json") if (p.parent / "model.keras").is_file()]
+    found = [p.parent for p in Path(model_save).glob(f"*/{meta_json.META}") if (p.parent / "model.keras").is_file()]
     if not found:
         raise BundleError(f"no bundle in {model_save}/ (train one with train.py, or pass --model)")
-    return max(found, key=lambda p: (p / "meta.json").stat().st_mtime)
+    return max(found, key=lambda p: (p / meta_json.META).stat().st_mtime)
 
 
 def load_bundle(path: str | Path | None = None, model_save: str | Path = "model_save") -> Bundle:
@@ -184,12 +147,12 @@ def load_bundle(path: str | Path | None = None, model_save: str | Path = "model_
         return load_tflite_bundle(folder)
     if folder.suffix == ".keras":
         folder = folder.parent
-    meta_path, model_path = folder / "meta.json", folder / "model.keras"
+    meta_path, model_path = folder / meta_json.META, folder / "model.keras"
     if not folder.is_dir() or not (meta_path.is_file() or model_path.is_file()):
         raise BundleError(f"{folder}: not a bundle (expected model.keras and meta.json there)")
     if not model_path.is_file():
         raise BundleError(f"{model_path}: missing (the bundle's model)")
-    meta = read_meta(meta_path)  # before the model: a bad meta.json is refused in milliseconds
+    meta = meta_json.read(meta_path)  # before the model: a bad meta.json is refused in milliseconds
     return _bundle(folder, _load_keras(model_path), meta, meta_path, model_path)
 
 
@@ -257,12 +220,12 @@ class TFLiteModel:
 
 
 def load_tflite_bundle(path: Path) -> Bundle:
-    meta_path = path.parent / "meta.json"
+    meta_path = path.parent / meta_json.META
     if not path.is_file():
         raise BundleError(f"{path}: missing")
     if not meta_path.is_file():
         raise BundleError(f"{path}: no meta.json beside it (labels and thresholds come from there)")
-    meta = read_meta(meta_path)
+    meta = meta_json.read(meta_path)
     try:
         model = TFLiteModel(path)
     except (ValueError, RuntimeError, KeyError, IndexError) as e:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import csv
 import html
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,7 +29,7 @@ from fashion.config.bundle import EvaluateConfig
 from fashion.core import fileio, interrupts
 from fashion.core.errors import EXIT_OK, FashionError
 from fashion.data import pipeline, records, review
-from fashion.model import plots
+from fashion.model import meta_json, plots
 from fashion.model.tasks.base import Task
 from fashion.model.tasks.registry import get_task
 from fashion.predict import bundle as prediction
@@ -146,11 +145,11 @@ def save_report(ev: Evaluation, out: Path, top_losses: int = 20) -> list[Path]:
 
 def history_for(bundle: prediction.Bundle) -> Path | None:
     """The training run's history.csv, from the config in the bundle's meta.json."""
-    meta = json.loads((bundle.path / "meta.json").read_text())
+    meta = meta_json.read(bundle.path / meta_json.META)
     cfg = meta.get("config", {})
     if not cfg.get("run"):
         return None
-    return Path(cfg.get("log", "log")) / cfg["run"] / "history.csv"
+    return Path(str(cfg.get("log", "log"))) / str(cfg["run"]) / "history.csv"
 
 
 def training_curves(history: Path | None, out: Path) -> Path | None:

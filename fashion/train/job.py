@@ -21,7 +21,7 @@ import os
 import shutil
 import sys
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -32,8 +32,9 @@ import numpy as np
 from fashion.config.train import TrainConfig
 from fashion.core import cluster as cluster_lib, fileio, interrupts, quiet
 from fashion.core.errors import EXIT_FATAL, EXIT_INTERRUPTED, EXIT_OK, EXIT_WORKER_LOST, TrainError
-from fashion.data import pipeline, records
-from fashion.model import network as model_lib
+from fashion.data import dataset_json, pipeline
+from fashion.data.dataset_json import DatasetManifest
+from fashion.model import meta_json, network as model_lib
 from fashion.model.tasks.base import Task, Weights
 from fashion.model.tasks.registry import get_task, resolve_task
 from fashion.train.callbacks import Checkpoints, CtrlC, EpochEval, Progress, Tee
@@ -70,7 +71,7 @@ def parse_stages(cfg: TrainConfig) -> list[Stage]:
 
 
 def manifest_hash(folder: str | Path) -> str:
-    return hashlib.sha256((Path(folder) / records.MANIFEST).read_bytes()).hexdigest()[:16]
+    return hashlib.sha256((Path(folder) / dataset_json.MANIFEST).read_bytes()).hexdigest()[:16]
 
 
 @dataclass
@@ -79,7 +80,7 @@ class TrainState:
     are set up, and where the run stands."""
 
     task: Task  # labels, heads, classes, top-k
-    manifest: dict
+    manifest: DatasetManifest
     train: pipeline.Split
     val: pipeline.Split
     stages: list[Stage]
@@ -89,7 +90,7 @@ class TrainState:
     strategy: Any = None
     train_ds: Any = None
     val_ds: Any = None
-    y_val: np.ndarray | None = None
+    y_val: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))  # set by _load_data
     batch: int = 0  # this process's batch (every replica's)
     steps: int = 0  # optimizer steps per epoch
     best_score: float = float("-inf")  # the task's monitored validation score, best so far
@@ -197,7 +198,7 @@ class Trainer:
     def _plan(self) -> TrainState:
         """Read the dataset and check everything that can refuse the run, before anything is written."""
         cfg = self.cfg
-        manifest = records.load_manifest(cfg.data)
+        manifest = dataset_json.read(cfg.data)
         train = pipeline.describe_split(cfg.data, "train")
         val = pipeline.describe_split(cfg.data, "val")
         task = get_task(resolve_task(cfg.task, manifest, train), manifest["labels"])
@@ -460,12 +461,13 @@ class Trainer:
         v = st.task.validate(st.task.predict(model, st.val_ds), st.y_val, st.train, st.weights)
         if not self.writer:
             self._drop_private()
+            assert self.cluster is not None  # (only a worker of several is not the writer)
             print(f"{self.cluster.name(self.cluster.index)}: done; {self.cluster.name(0)} writes the bundle")
             return EXIT_OK
         interrupts.check()  # a Ctrl-C swallowed while scoring: the checkpoints stay, no bundle
         self.save_dir.mkdir(parents=True, exist_ok=True)
         fileio.save_model_atomic(model, self.save_dir / "model.keras")
-        fileio.atomic_write_json(self.save_dir / "meta.json", st.task.bundle_meta(self._run_fields(st), st.weights, v))
+        meta_json.write(self.save_dir, st.task.bundle_meta(self._run_fields(st), st.weights, v))
         for line in v.lines:
             print(line)
         print(f"bundle: {self.save_dir}/model.keras + meta.json; logs: {self.log_dir}/")

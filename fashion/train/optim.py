@@ -22,8 +22,11 @@ from fashion.config.train import TrainConfig
 from fashion.core.errors import TrainError
 from fashion.model.tasks.base import HEAD_PREFIX
 
+# A mixin over Keras' optimizers: the type checker sees it as one (Keras is untyped), Python as object.
+_OptimizerBase: Any = object
 
-class _TrunkRate:
+
+class _TrunkRate(_OptimizerBase):
     """Discriminative rates (`--lr-mult`): trunk variables step at `lr_mult` x the rate, heads at the rate.
 
     Heads are the layers named `head_*` (fashion.model.tasks); everything else is trunk. Scaling the rate inside
@@ -89,7 +92,7 @@ def make_optimizer(cfg: TrainConfig, lr) -> Any:
     accum = cfg.accum_steps if cfg.accum_steps > 1 else None
     if cfg.lr_mult < 0:
         raise TrainError(f"--lr-mult must be >= 0, got {cfg.lr_mult}")
-    common = {"gradient_accumulation_steps": accum, "lr_mult": cfg.lr_mult}
+    common: dict[str, Any] = {"gradient_accumulation_steps": accum, "lr_mult": cfg.lr_mult}
     if cfg.optimizer == "sgd":  # the original project: momentum 0.9, clipnorm 5
         return SGD(lr, momentum=0.9, clipnorm=5.0, weight_decay=cfg.weight_decay or None, **common)
     if cfg.optimizer == "adam":

@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from fashion.model.meta_json import BundleMeta
+
 HEAD_PREFIX = "head_"  # every head layer's name starts with it; the rest of the model is trunk
 INPUT_NOTE = "uint8 RGB, resized/cropped square; the model normalises inside"
 RUN_FIELDS = ("dataset", "config", "command", "created", "cluster")  # meta.json's closing fields, every task's
@@ -150,7 +152,7 @@ class Task:
         """Thresholds tuned on the validation split, its scores beside the baselines, the summary."""
         raise NotImplementedError
 
-    def bundle_meta(self, run: dict[str, Any], w: Weights, v: Validation) -> dict[str, Any]:
+    def bundle_meta(self, run: dict[str, Any], w: Weights, v: Validation) -> BundleMeta:
         """meta.json: this task's fields around `run`'s (input_size, backbone, alpha, RUN_FIELDS)."""
         raise NotImplementedError
 
@@ -196,8 +198,9 @@ class Task:
         raise NotImplementedError
 
 
-def run_fields(run: dict[str, Any]) -> dict[str, Any]:
-    return {k: run[k] for k in RUN_FIELDS if k in run}  # "cluster": only when trained on several processes
+def run_fields(run: dict[str, Any]) -> BundleMeta:
+    fields: Any = {k: run[k] for k in RUN_FIELDS if k in run}  # (RUN_FIELDS are BundleMeta's run keys)
+    return fields  # "cluster": only when trained on several processes
 
 
 def fmt(v) -> str:

@@ -10,6 +10,7 @@ import numpy as np
 
 from fashion.core.errors import TrainError
 from fashion.model import losses, metrics
+from fashion.model.meta_json import BundleMeta
 from fashion.model.tasks.base import Validation, Weights, fmt
 from fashion.model.tasks.single import SingleLabel
 
@@ -115,7 +116,7 @@ class Binary(SingleLabel):
             f"F1({pos}) {extra['f1_positive']:.3f}"
         )
 
-    def bundle_meta(self, run: dict[str, Any], w: Weights, v: Validation) -> dict[str, Any]:
+    def bundle_meta(self, run: dict[str, Any], w: Weights, v: Validation) -> BundleMeta:
         return {**super().bundle_meta(run, w, v), "positive_class": self.positive, "pos_weight": float(w.pos[0])}
 
     def _cut(self, thresholds: np.ndarray, threshold: float | None) -> float:

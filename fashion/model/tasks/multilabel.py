@@ -11,6 +11,7 @@ import keras
 import numpy as np
 
 from fashion.model import losses, metrics, plots
+from fashion.model.meta_json import BundleMeta
 from fashion.model.tasks.base import INPUT_NOTE, Task, Validation, Weights, fmt, head_names, run_fields
 
 HEAD_FILTERS = 64
@@ -133,7 +134,7 @@ class MultiLabel(Task):
             lines.append(f"warning: the model does not beat the constant predictor on sample-F2 ({gain:+.3f})")
         return Validation([float(t) for t in thresholds], scores, lines)
 
-    def bundle_meta(self, run: dict[str, Any], w: Weights, v: Validation) -> dict[str, Any]:
+    def bundle_meta(self, run: dict[str, Any], w: Weights, v: Validation) -> BundleMeta:
         return {
             "labels": self.labels,
             "heads": self.heads,

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 from fashion.config.choices import TASKS
 from fashion.core.errors import TrainError
+from fashion.data.dataset_json import DatasetManifest
 from fashion.model.tasks.base import Task
 from fashion.model.tasks.binary import Binary
 from fashion.model.tasks.multiclass import MultiClass
@@ -23,7 +24,7 @@ def get_task(name: str, labels: Sequence[str] = (), heads: Sequence[str] | None 
     return REGISTRY[name](labels, heads)
 
 
-def resolve_task(spec: str, manifest: dict, train) -> str:
+def resolve_task(spec: str, manifest: DatasetManifest, train) -> str:
     """`--task auto` = the manifest's task (absent: multilabel); checks the dataset fits the task."""
     name = manifest.get("task", "multilabel") if spec == "auto" else spec
     if name not in REGISTRY:

@@ -14,6 +14,7 @@ import numpy as np
 from fashion.core import fileio
 from fashion.core.errors import TrainError
 from fashion.model import losses, metrics, plots
+from fashion.model.meta_json import BundleMeta
 from fashion.model.tasks.base import INPUT_NOTE, Task, Validation, Weights, run_fields
 
 VALIDATION_KEYS = (
@@ -180,7 +181,7 @@ class SingleLabel(Task):
             f"  priors    top-{top} {base['prior']['top_k_accuracy']:.3f}  log loss {base['prior']['log_loss']:.3f}",
         ]
 
-    def bundle_meta(self, run: dict[str, Any], w: Weights, v: Validation) -> dict[str, Any]:
+    def bundle_meta(self, run: dict[str, Any], w: Weights, v: Validation) -> BundleMeta:
         return {
             "labels": self.labels,
             "classes": self.classes,
