@@ -108,7 +108,7 @@ def test_train_py_on_two_logical_cpus_writes_a_bundle(dataset, tmp_path):
 
 
 def test_a_multi_machine_tf_config_on_the_tensorflow_backend_is_refused_before_anything_is_written(dataset, tmp_path):
-    """Several machines run on the JAX backend (tests/test_several_machines.py); asked for TensorFlow, one line."""
+    """Several machines run on the JAX backend (tests/train/test_several_machines.py); asked for TensorFlow, one line."""
     cfg = {"cluster": {"worker": ["127.0.0.1:23456", "127.0.0.1:23457"]}, "task": {"type": "worker", "index": 0}}
     p = run(
         [
