@@ -230,9 +230,14 @@ def detect_main(argv: list[str] | None = None) -> int:
 
     def job() -> int:
         cfg = configure(DetectConfig, args)
+        if cfg.list is not None:  # a whole catalogue into Parquet shards
+            from fashion.predict import score
+
+            interrupts.check()  # a Ctrl-C dropped while TensorFlow loaded
+            return score.run(cfg, list(argv) if argv is not None else sys.argv[1:])
         from fashion.predict import detect as detection
 
-        interrupts.check()  # a Ctrl-C dropped while TensorFlow loaded
+        interrupts.check()
         return detection.run(cfg)
 
     said = "interrupted; rerun the same command to classify every image"

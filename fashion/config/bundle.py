@@ -17,6 +17,9 @@ class _BundleConfig(_Config):
     model_save: str = opt("model_save", "where to look for the newest bundle", metavar="DIR")
 
 
+SCORING = "scoring a catalogue (--list FILE --out DIR)"
+
+
 @dataclass
 class DetectConfig(_BundleConfig):
     """Everything `detect.py` needs."""
@@ -24,7 +27,12 @@ class DetectConfig(_BundleConfig):
     PILLOW_MAX_PIXELS = 2 * 89_478_485  # PIL.Image raises DecompressionBombError past 2 x MAX_IMAGE_PIXELS
 
     inputs: list[str] = opt(
-        help="images, folders, globs, URLs or -", positional=True, nargs="+", metavar="IMAGE", shown=False, factory=list
+        help="images, folders, globs, URLs or - (a few photos; for a catalogue use --list and --out)",
+        positional=True,
+        nargs="*",
+        metavar="IMAGE",
+        shown=False,
+        factory=list,
     )
     threshold: float | None = opt(
         None,
@@ -68,8 +76,49 @@ class DetectConfig(_BundleConfig):
         128 * 1024 * 1024, "largest image file or download accepted (e.g. 64MB)", type=parse_size, metavar="SIZE"
     )
 
+    # scoring a catalogue: --list FILE --out DIR
+    list: str | None = opt(
+        None,
+        "score every image a list names: lines id,url_or_path[,anything...] as generate_dataset.py reads "
+        "them (labels ignored), a CSV with a url/path column, - for standard input, or a folder or glob; "
+        "rows go to Parquet shards in --out, resumable",
+        group=SCORING,
+        metavar="FILE",
+        shown=False,
+    )
+    out: str | None = opt(
+        None,
+        "with --list: the folder of part-NNNNN.parquet shards, failures.csv and summary.json (rerun the "
+        "same command to continue after a crash or Ctrl-C)",
+        group=SCORING,
+        metavar="DIR",
+        shown=False,
+    )
+    shard_size: int = opt(
+        10_000, "with --list: rows per Parquet shard (a crash redoes at most one)", group=SCORING, metavar="N"
+    )
+    workers: int = opt(
+        32,
+        "with --list: images fetched and decoded at once, on threads, while the model runs",
+        group=SCORING,
+        metavar="N",
+    )
+    timeout: float = opt(30.0, "with --list: seconds for one download, retries included", group=SCORING, metavar="S")
+
     def validate(self) -> None:
         check_choices(self, ValueError)
+        if self.list is None and not self.inputs:
+            raise ValueError("give images, folders, globs or URLs, or --list FILE --out DIR for a whole catalogue")
+        if self.list is not None and self.inputs:
+            raise ValueError("--list scores the list's images; give either images or --list, not both")
+        if self.list is not None and not self.out:
+            raise ValueError("--list needs --out DIR (the folder of Parquet shards)")
+        if self.out and self.list is None:
+            raise ValueError("--out is for --list; for a few images use --json FILE or --csv FILE")
+        if self.list is not None and (self.json or self.csv):
+            raise ValueError("--list writes Parquet shards to --out; --json/--csv are for a few images")
+        if self.shard_size < 1 or self.workers < 1 or self.timeout <= 0:
+            raise ValueError("--shard-size and --workers must be at least 1, --timeout above 0")
         if self.batch_size < 1:
             raise ValueError(f"--batch-size must be at least 1, got {self.batch_size}")
         if not 1 <= self.max_pixels <= self.PILLOW_MAX_PIXELS:

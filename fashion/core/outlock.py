@@ -1,4 +1,5 @@
-"""One `generate_dataset.py` run per output folder: an flock on `OUT/.ingest.lock` held for the whole run.
+"""One run per output folder (`generate_dataset.py --out`, `detect.py --list --out`): an flock on
+`OUT/.ingest.lock` held for the whole run.
 
 The kernel releases an flock when its holder dies (Ctrl-C, crash, kill -9), so a stale lock never
 blocks a rerun; the file only carries the holder's pid for the refusal message. An object store
@@ -29,7 +30,7 @@ def _pid_in(fd: int) -> str:
 
 
 @contextlib.contextmanager
-def hold(out: Path | RemotePath) -> Iterator[None]:
+def hold(out: Path | RemotePath, command: str = "generate_dataset.py") -> Iterator[None]:
     """Lock `out` (created if missing) or raise IngestError naming the run that holds it.
 
     A refused run changes nothing in `out`. On release the lock file is removed, and `out`
@@ -44,7 +45,7 @@ def hold(out: Path | RemotePath) -> Iterator[None]:
     out.mkdir(parents=True, exist_ok=True)
     path = out / LOCK_NAME
     try:
-        fd = _acquire(path)
+        fd = _acquire(path, command)
     except BaseException:
         if created:
             with contextlib.suppress(OSError):
@@ -76,7 +77,7 @@ def _try_lock(fd: int) -> bool:
     return False
 
 
-def _acquire(path: Path) -> int:
+def _acquire(path: Path, command: str) -> int:
     while True:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
@@ -88,7 +89,7 @@ def _acquire(path: Path) -> int:
             pid = _pid_in(fd)
             os.close(fd)
             raise IngestError(
-                f"{path.parent} is being written by another generate_dataset.py run (pid {pid}); "
+                f"{path.parent} is being written by another {command} run (pid {pid}); "
                 f"wait for it to end or stop it, then rerun (nothing was changed)"
             )
         try:

@@ -8,6 +8,9 @@ Two list formats are read (multi-label, task "multilabel"):
 
 Single-label sources (folders, regex, PaddleHub lists, URL lists) are in
 class_sources.py; they return the same `ParsedList`.
+
+`iter_inputs` reads the same lists for scoring (detect.py --list), one line at a time and without
+labels: `id,url_or_path[,anything...]`, or a CSV whose header names a path/url column.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import io
 import os
 import sys
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
@@ -253,3 +256,43 @@ def relative_to_cwd(path: str) -> str:
         return os.path.relpath(path)
     except ValueError:
         return path
+
+
+def iter_inputs(lines: Iterable[str], base_dir: Path, name: str = "list") -> Iterator[Item | Failure]:
+    """The images a list names, streamed in its order: an `Item` (no labels) per usable line, a `Failure`
+    per line that names none. Lines are `id,url_or_path[,anything...]` (a dataset's list as it is: the
+    labels are ignored) or, when the first row is a header naming a path/url column (SOURCE_COLUMNS), CSV
+    rows with an optional `id` column (default: the path). Nothing is held but the current line: ids are
+    not checked for repeats (a repeated id gets a row per line; the rows' `line` tells them apart)."""
+    rows: Iterator[tuple[int, list[str]]] = ((i, row) for i, row in enumerate(csv.reader(lines), start=1) if row and any(c.strip() for c in row))
+    first = next(rows, None)
+    if first is None:
+        return
+    header = [c.strip().lower() for c in first[1]]
+    src_col = next((header.index(c) for c in SOURCE_COLUMNS if c in header), None)
+    if src_col is not None:
+        id_col = header.index("id") if "id" in header else None
+    else:
+        src_col, id_col = 1, 0
+        rows = _chain(first, rows)  # no header: the first row is a line like the others
+    for line, row in rows:
+        row = [c.strip() for c in row]
+        src = row[src_col] if len(row) > src_col else ""
+        rid = row[id_col] if id_col is not None and len(row) > id_col else src
+        if len(row) <= src_col:
+            what = "id,url_or_path" if id_col == 0 else f"a value in column {header[src_col]!r}"
+            yield Failure(rid, "", f"malformed line: line {line}: expected {what}, got {len(row)} column(s)", line)
+            continue
+        if not rid:
+            yield Failure(rid, src, f"malformed line: line {line}: empty id", line)
+            continue
+        try:
+            yield Item(line, rid, resolve_source(src, base_dir), ())
+        except ValueError as e:
+            kind = "malformed line" if not src else "bad url"
+            yield Failure(rid, src, f"{kind}: line {line}: {e}", line)
+
+
+def _chain(first: tuple[int, list[str]], rest: Iterator[tuple[int, list[str]]]) -> Iterator[tuple[int, list[str]]]:
+    yield first
+    yield from rest

@@ -20,9 +20,7 @@ import signal
 import sys
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Generator, Iterable, Iterator
-from multiprocessing.pool import AsyncResult, ThreadPool
 from typing import Any
 
 from tqdm import tqdm
@@ -30,6 +28,7 @@ from tqdm import tqdm
 from fashion.config.ingest import IngestConfig
 from fashion.data import imaging, records
 from fashion.data.fetching import Fetcher, FetchError
+from fashion.data.ordered import ordered_map
 from fashion.data.sources import Failure, Item
 
 Encoded = tuple[bytes, int, int]  # JPEG, height, width
@@ -207,25 +206,6 @@ def _sigint_ignored() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGINT, old)
-
-
-def ordered_map(fn, items: Iterable[Item], workers: int, window: int) -> Generator[Any, None, None]:
-    """Like `executor.map`, but with at most `window` items in flight (memory stays flat).
-
-    multiprocessing's ThreadPool, not ThreadPoolExecutor: its threads are daemons, so a download
-    still stuck in a socket read cannot keep an interrupted process alive (the interpreter joins
-    ThreadPoolExecutor's threads at exit)."""
-    pool = ThreadPool(workers)
-    pending: deque[AsyncResult] = deque()
-    try:
-        for it in items:
-            pending.append(pool.apply_async(fn, (it,)))
-            if len(pending) >= window:
-                yield pending.popleft().get()
-        while pending:
-            yield pending.popleft().get()
-    finally:
-        pool.terminate()  # drops queued work; downloads in flight see the fetcher's cancel and stop
 
 
 def make_fetcher(cfg: IngestConfig, warn: Callable[[str], None] | None = None) -> Fetcher:

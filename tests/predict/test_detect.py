@@ -10,10 +10,9 @@ import keras
 import numpy as np
 import pytest
 
-from conftest import SAMPLE, sample_lines
+from conftest import SAMPLE, sample_lines, tiny_bundle
 from fashion.cli import detect_main
 from fashion.core.fileio import atomic_write_json
-from fashion.model import network as model_lib
 from fashion.model.tasks.base import head_names
 
 LABELS = (SAMPLE / "labels.txt").read_text().split()
@@ -21,17 +20,7 @@ LABELS = (SAMPLE / "labels.txt").read_text().split()
 
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("model_save") / "tiny"
-    folder.mkdir()
-    keras.utils.set_random_seed(3)
-    model = model_lib.build_model(LABELS, image_size=32)
-    model.save(folder / "model.keras")
-    thresholds = [0.0] * 3 + [1.0] * 10  # first three always pass, the rest never
-    atomic_write_json(
-        folder / "meta.json",
-        {"labels": LABELS, "heads": head_names(LABELS), "thresholds": thresholds, "input_size": 32},
-    )
-    return folder
+    return tiny_bundle(tmp_path_factory.mktemp("model_save") / "tiny")
 
 
 def photos(n):
