@@ -95,7 +95,8 @@ def awkward_files() -> dict[str, bytes]:
 class Server:
     """Routes: /photos/<file> real photos; /files/<name> awkward variants; /status/<code>;
     /flaky/<file> 500 then 200; /slow (sleeps); /page.jpg an HTML page; /zero; /huge (streamed, no length);
-    /huge-declared (Content-Length); /delay/<file> photos after `delay` seconds;
+    /huge-declared (Content-Length); /delay/<file> photos after `delay` seconds; /switchable/<file> 503 while
+    `down`, the photo after;
     /drip/<name> headers, then one byte every `drip_seconds` until the client or the server goes;
     /html-first/<file> an HTML page on the first hit, the photo after; /retry-after/<s> 503 + Retry-After."""
 
@@ -105,6 +106,7 @@ class Server:
         self.delay = 0.0
         self.slow_seconds = 3.0
         self.drip_seconds = 2.0
+        self.down = False  # /switchable/<file>: 503 while True, the photo after
         self.stopped = threading.Event()
         server = self
 
@@ -142,6 +144,10 @@ class Server:
                     return self.send(200, server.files[rest], "application/octet-stream")
                 if head == "status":
                     return self.send(int(rest), b"error", "text/plain")
+                if head == "switchable" and (SAMPLE / "photos" / rest).is_file():
+                    if server.down:
+                        return self.send(503, b"down for maintenance", "text/plain")
+                    return self.send(200, (SAMPLE / "photos" / rest).read_bytes())
                 if head == "flaky":
                     if server.hits[path] == 1:
                         return self.send(500, b"try again", "text/plain")

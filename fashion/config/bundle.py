@@ -104,6 +104,12 @@ class DetectConfig(_BundleConfig):
         metavar="N",
     )
     timeout: float = opt(30.0, "with --list: seconds for one download, retries included", group=SCORING, metavar="S")
+    retry_failed: bool = opt(
+        False,
+        "with --list, on a finished --out: score again the lines of its failures.csv that a second try may "
+        "pass (timeouts, connection errors, 429, 5xx) and merge them in; 404s and non-images stay",
+        group=SCORING,
+    )
 
     def validate(self) -> None:
         check_choices(self, ValueError)

@@ -382,3 +382,18 @@ def timed_out(e: BaseException) -> bool:
             return True
         todo.extend([*x.args, getattr(x, "reason", None), x.__cause__, x.__context__])
     return False
+
+
+# The kinds of FetchError (the words before the first ":") that a second try may pass: the network or
+# the server, not the image. Everything else (http 404, not an image, too large, ...) stays as it is.
+TRANSIENT_KINDS = ("timeout", "connection error", "http error", "cancelled")
+
+
+def transient(reason: str) -> bool:
+    """A failure reason written by this module (failures.csv's `reason`) that a rerun may turn into an
+    image: timeouts, connection errors, retries exhausted on 5xx/429, an interrupted download, 429, 5xx."""
+    kind = reason.split(":", 1)[0].strip()
+    if kind in TRANSIENT_KINDS:
+        return True
+    code = kind.removeprefix("http ")
+    return code != kind and code.isdigit() and (int(code) == 429 or int(code) >= 500)

@@ -139,6 +139,33 @@ def test_stdin_a_folder_and_a_csv_with_a_header(bundle, tmp_path, capsys, monkey
     assert "--list needs --out DIR" in capsys.readouterr().err
 
 
+def test_retry_failed_scores_again_what_a_second_try_may_pass(server, bundle, tmp_path, capsys):
+    server.down = True
+    names = [Path(ln[1]).name for ln in sample_lines()[10:12]]
+    lines = good_lines(server, 3) + [f"down{i},{server.url}/switchable/{n}" for i, n in enumerate(names)]
+    lines.append(f"gone,{server.url}/status/404")
+    lst, out = tmp_path / "list.txt", tmp_path / "scored"
+    lst.write_text("\n".join(lines) + "\n")
+    args = ["--list", str(lst), "--out", str(out), "--model", str(bundle), "--shard-size", "2", "--timeout", "5"]
+    assert detect_main(args) == 1
+    fails = failures_of(out)
+    assert set(fails) == {"down0", "down1", "gone"} and fails["down0"] == "http 503: Service Unavailable"
+    assert "add --retry-failed to the same command" in capsys.readouterr().err
+    server.down = False  # the host is back
+    assert detect_main([*args, "--retry-failed"]) == 1  # the 404 stays a failure
+    said = capsys.readouterr()
+    assert "retrying 2 line(s) whose failure may pass now (1 permanent left as they are)" in said.out
+    assert sorted(r["id"] for r in rows_of(out)) == ["down0", "down1", "p0", "p1", "p2"], "each once"
+    assert failures_of(out) == {"gone": "http 404: Not Found"}
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["counts"]["scored"] == 5 and summary["counts"]["failed"] == 1 and len(summary["retries"]) == 1
+    assert summary["shards"] == [f"part-0000{k}.parquet" for k in range(4)]
+    assert summary["positives"][LABELS[0]] == 5 and summary["positive_rate"][LABELS[0]] == 1.0
+    assert detect_main([*args, "--retry-failed"]) == 1
+    assert "nothing to retry: the 1 failure(s)" in capsys.readouterr().out
+    assert len(rows_of(out)) == 5
+
+
 def spawn(args: list[str]) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, str(ROOT / "detect.py"), *args],
