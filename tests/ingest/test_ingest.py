@@ -83,33 +83,10 @@ def test_every_case_ends_as_the_rules_say(server, tmp_path):
     lst = write_list(tmp_path / "list.txt", good + cases)
     out = tmp_path / "rec"
     server.slow_seconds = 2.0
-    code = generate_dataset_main(
-        [
-            str(lst),
-            "--labels",
-            LABELS,
-            "--out",
-            str(out),
-            "--cache",
-            str(tmp_path / "c"),
-            "--image-size",
-            "64",
-            "--resize",
-            "keep",
-            "--timeout",
-            "0.5",
-            "--retries",
-            "1",
-            "--max-bytes",
-            "1MB",
-            "--max-pixels",
-            "5000000",
-            "--shard-size",
-            "8",
-            "--workers",
-            "4",
-        ]
-    )
+    args = [str(lst), "--labels", LABELS, "--out", str(out), "--cache", str(tmp_path / "c")]
+    args += ["--image-size", "64", "--resize", "keep", "--timeout", "0.5", "--retries", "1"]
+    args += ["--max-bytes", "1MB", "--max-pixels", "5000000", "--shard-size", "8", "--workers", "4"]
+    code = generate_dataset_main(args)
     assert code == 1, "some lines failed: exit code 1"
     recs = read_dataset(out)
     fails = read_failures(out)
@@ -171,36 +148,8 @@ def test_every_case_ends_as_the_rules_say(server, tmp_path):
 
     # A rerun of the same command does nothing and downloads nothing, and says again what was skipped.
     hits = sum(server.hits.values())
-    assert (
-        generate_dataset_main(
-            [
-                str(lst),
-                "--labels",
-                LABELS,
-                "--out",
-                str(out),
-                "--cache",
-                str(tmp_path / "c"),
-                "--image-size",
-                "64",
-                "--resize",
-                "keep",
-                "--timeout",
-                "0.5",
-                "--retries",
-                "1",
-                "--max-bytes",
-                "1MB",
-                "--max-pixels",
-                "5000000",
-                "--shard-size",
-                "8",
-                "--workers",
-                "4",
-            ]
-        )
-        == 1  # the first run's skipped lines are repeated in the summary: still "some lines skipped"
-    )
+    # the first run's skipped lines are repeated in the summary: still "some lines skipped"
+    assert generate_dataset_main(args) == 1
     assert sum(server.hits.values()) == hits
 
 

@@ -30,7 +30,7 @@ from fashion.data import pipeline
 from fashion.model import losses, network as model_lib
 from fashion.model.tasks.base import head_names
 from fashion.config.train import TrainConfig
-from fashion.training import make_optimizer
+from fashion.train.optim import make_optimizer
 
 data, labels = sys.argv[1], open(sys.argv[2]).read().split()
 names = head_names(labels)
