@@ -7,7 +7,8 @@ Run:   .venv/bin/python bench/score.py [--model model_save/RUN] [--photos DIR]  
 Builds a 64 px DenseNet121 bundle of the defaults with fixed random weights (the speed does not depend on
 the weights) unless --model is given; the photos are --photos (default: ../shared/data/myntra-dev's product
 photos, else the shipped CCP sample). Measured in one run, one after the other:
-  ceiling  the bundle's predict_on_batch on N photos already decoded and resized in memory, batch 32;
+  ceiling  the bundle's predict_on_batch on N photos already decoded and resized in memory, batch 32
+           (the best of three passes);
   ours     `detect.py --list --out` on the same N local files: the marginal rate between two list
            lengths (the start-up, TensorFlow's import and the bundle's load, is not throughput);
   keras    tf.data from the file paths (read, decode, resize, batch 32, prefetch) into model.predict,
@@ -95,10 +96,13 @@ def ceiling(bundle: Path, paths: list[Path]) -> float:
     s = b.input_size
     x = np.stack([imaging.resize(imaging.decode_rgb(p.read_bytes(), target=s), s, "crop") for p in paths])
     b.model.predict_on_batch(x[:32])  # the graph is built outside the clock
-    t = time.perf_counter()
-    for i in range(0, len(x), 32):
-        b.model.predict_on_batch(x[i : i + 32])
-    return len(x) / (time.perf_counter() - t)
+    best = float("inf")
+    for _ in range(3):  # the best of three passes: shared machines are noisy, and so is ours (best of two)
+        t = time.perf_counter()
+        for i in range(0, len(x), 32):
+            b.model.predict_on_batch(x[i : i + 32])
+        best = min(best, time.perf_counter() - t)
+    return len(x) / best
 
 
 def keras_user(bundle: Path, paths: list[Path]) -> float:
@@ -117,9 +121,12 @@ def keras_user(bundle: Path, paths: list[Path]) -> float:
         return ds.map(load, num_parallel_calls=tf.data.AUTOTUNE).batch(32).prefetch(tf.data.AUTOTUNE)
 
     model.predict(dataset(paths[:64]), verbose=0)  # the predict function is built outside the clock
-    t = time.perf_counter()
-    model.predict(dataset(paths), verbose=0)
-    return len(paths) / (time.perf_counter() - t)
+    best = float("inf")
+    for _ in range(2):  # the best of two, as ours
+        t = time.perf_counter()
+        model.predict(dataset(paths), verbose=0)
+        best = min(best, time.perf_counter() - t)
+    return len(paths) / best
 
 
 def main() -> None:

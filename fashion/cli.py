@@ -217,8 +217,11 @@ def detect_parser() -> argparse.ArgumentParser:
         "(0.5 when none was tuned).",
         "inputs: image files, folders (searched recursively), globs ('photos/*.jpg'),\n"
         "        http(s) URLs, or - to read paths/URLs from standard input\n"
+        "a whole catalogue: --list catalogue.txt --out scored/ (Parquet shards, failures.csv, summary.json;\n"
+        "        bounded memory, resumable: rerun the same command; --retry-failed for second tries)\n"
         "exit code: 0 all images processed, 1 some failed (one line each), 2 no model or a bundle\n"
-        "           that cannot be used (one line naming model.keras or meta.json and what is wrong)\n"
+        "           that cannot be used (one line naming model.keras or meta.json and what is wrong),\n"
+        "           3 disk full (--list: finished shards kept), 130 Ctrl-C\n"
         "large JPEGs are decoded at a reduced scale (a 100-megapixel photo costs ~1.5 MP of memory);\n"
         "--max-pixels and --max-bytes only stop decompression bombs and runaway downloads",
     )

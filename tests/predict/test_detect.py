@@ -207,24 +207,10 @@ def test_no_bundle_is_a_clear_error(tmp_path, capsys):
     assert "no bundle" in capsys.readouterr().err
 
 
-def test_evaluate_writes_metrics_plots_and_top_losses(bundle, tmp_path, capsys):
-    from fashion.cli import evaluate_main, generate_dataset_main
+def test_evaluate_writes_metrics_plots_and_top_losses(bundle, dataset, tmp_path, capsys):
+    from fashion.cli import evaluate_main
 
-    data = tmp_path / "records"
-    assert (
-        generate_dataset_main(
-            [
-                str(SAMPLE / "train+val.txt"),
-                "--labels",
-                str(SAMPLE / "labels.txt"),
-                "--out",
-                str(data),
-                "--image-size",
-                "40",
-            ]
-        )
-        == 0
-    )
+    data = dataset  # the sample ingested at 40 px (conftest), read-only
     out = tmp_path / "report"
     assert evaluate_main(["--model", str(bundle), "--data", str(data), "--out", str(out), "--top-losses", "5"]) == 0
     assert "constant" in capsys.readouterr().out

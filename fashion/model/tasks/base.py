@@ -156,6 +156,19 @@ class Task:
         """meta.json: this task's fields around `run`'s (input_size, backbone, alpha, RUN_FIELDS)."""
         raise NotImplementedError
 
+    def common_meta(self, run: dict[str, Any], v: Validation) -> BundleMeta:
+        """meta.json's fields every task writes; `bundle_meta` adds the task's own and the run's."""
+        return {
+            "labels": self.labels,
+            "heads": self.heads,
+            "task": self.name,
+            "input_size": run["input_size"],
+            "input": INPUT_NOTE,
+            "backbone": run["backbone"],
+            "thresholds": v.thresholds,
+            "validation": v.metrics,
+        }
+
     # ------------------------------------------------------------------ evaluation
 
     def evaluate(

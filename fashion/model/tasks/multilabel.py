@@ -12,7 +12,7 @@ import numpy as np
 
 from fashion.model import losses, metrics, plots
 from fashion.model.meta_json import BundleMeta
-from fashion.model.tasks.base import INPUT_NOTE, Task, Validation, Weights, fmt, head_names, run_fields
+from fashion.model.tasks.base import Task, Validation, Weights, fmt, head_names, run_fields
 
 HEAD_FILTERS = 64
 
@@ -136,16 +136,9 @@ class MultiLabel(Task):
 
     def bundle_meta(self, run: dict[str, Any], w: Weights, v: Validation) -> BundleMeta:
         return {
-            "labels": self.labels,
-            "heads": self.heads,
-            "task": self.name,
-            "input_size": run["input_size"],
-            "input": INPUT_NOTE,
-            "backbone": run["backbone"],
-            "thresholds": v.thresholds,
+            **self.common_meta(run, v),
             "head_weights": [float(x) for x in w.head],
             "pos_weights": [float(x) for x in w.pos],
-            "validation": v.metrics,
             **run_fields(run),
         }
 

@@ -15,7 +15,7 @@ from fashion.core import fileio
 from fashion.core.errors import TrainError
 from fashion.model import losses, metrics, plots
 from fashion.model.meta_json import BundleMeta
-from fashion.model.tasks.base import INPUT_NOTE, Task, Validation, Weights, run_fields
+from fashion.model.tasks.base import Task, Validation, Weights, run_fields
 
 VALIDATION_KEYS = (
     "accuracy",
@@ -183,18 +183,11 @@ class SingleLabel(Task):
 
     def bundle_meta(self, run: dict[str, Any], w: Weights, v: Validation) -> BundleMeta:
         return {
-            "labels": self.labels,
+            **self.common_meta(run, v),
             "classes": self.classes,
-            "heads": self.heads,
-            "task": self.name,
-            "input_size": run["input_size"],
-            "input": INPUT_NOTE,
-            "backbone": run["backbone"],
             "alpha": run["alpha"],
-            "thresholds": v.thresholds,
             "top_k": self.top,
             "class_weights": [float(x) for x in w.head],
-            "validation": v.metrics,
             **run_fields(run),
         }
 
