@@ -57,7 +57,7 @@ demo: $(STAMP)
 	@echo "  python evaluate.py --model model_save/$(DEMO_RUN) --data data/records --out report/$(DEMO_RUN)"
 
 # Two test processes (pytest-xdist): most tests wait on a TensorFlow start-up or a child process, so two
-# at once fit CI's 2 cores (fresh clone, 2026-12-04: 16-17 min with the install, 172 tests).
+# at once fit CI's 2 cores (fresh clone, 2026-12-07: 24 min with the install here, 185 tests; CI ran 16 min).
 # PYTEST_ARGS= runs serially.
 PYTEST_ARGS ?= -n 2
 test: $(STAMP)

@@ -118,6 +118,7 @@ def test_a_list_over_http_becomes_parquet_rows_failures_and_a_summary(server, bu
     assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
 
 
+@pytest.mark.slow
 def test_stdin_a_folder_and_a_csv_with_a_header(bundle, tmp_path, capsys, monkeypatch):
     photos = SAMPLE / "photos"
     names = sorted(p.name for p in photos.iterdir())[:5]
@@ -139,6 +140,7 @@ def test_stdin_a_folder_and_a_csv_with_a_header(bundle, tmp_path, capsys, monkey
     assert "--list needs --out DIR" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_retry_failed_scores_again_what_a_second_try_may_pass(server, bundle, tmp_path, capsys):
     server.down = True
     names = [Path(ln[1]).name for ln in sample_lines()[10:12]]
