@@ -289,13 +289,16 @@ def local_only():
         keras.distribution.set_distribution(dist)
 
 
-# Collectives run over gloo (CPU) or NCCL; when a peer dies they fail with these, in the process that waited
+# Collectives run over gloo (CPU) or NCCL; when a peer dies they fail with these, in the process that waited.
+# Matched as text on purpose: XLA hands them up as one runtime error type whatever the cause, so the words
+# are all there is (the heartbeat below then names the worker that stopped).
 _PEER_LOST = ("Connection closed by peer", "Gloo", "connection reset", "Socket closed", "NCCL", "coordination")
 
 
 def shared_gpu(e: BaseException) -> str | None:
     """When `e` is NCCL refusing two workers on one GPU (it takes one process per GPU): one line saying what
-    to change, else None. Seen on an H200 with two workers on one machine (tests: the error's own words)."""
+    to change, else None. Seen on an H200 with two workers on one machine (tests: the error's own words).
+    Text on purpose: NCCL's refusal reaches us inside XLA's one runtime error type, nothing else tells it."""
     if "Duplicate GPU detected" not in str(e):
         return None
     return (
