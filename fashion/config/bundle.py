@@ -97,11 +97,12 @@ class DetectConfig(_BundleConfig):
     shard_size: int = opt(
         10_000, "with --list: rows per Parquet shard (a crash redoes at most one)", group=SCORING, metavar="N"
     )
-    workers: int = opt(
-        32,
+    workers: int | None = opt(
+        None,
         "with --list: images fetched and decoded at once, on threads, while the model runs",
         group=SCORING,
         metavar="N",
+        shown="32 for a list of URLs, 2 per core for local files (more threads only contend with the model)",
     )
     timeout: float = opt(30.0, "with --list: seconds for one download, retries included", group=SCORING, metavar="S")
     retry_failed: bool = opt(
@@ -123,7 +124,7 @@ class DetectConfig(_BundleConfig):
             raise ValueError("--out is for --list; for a few images use --json FILE or --csv FILE")
         if self.list is not None and (self.json or self.csv):
             raise ValueError("--list writes Parquet shards to --out; --json/--csv are for a few images")
-        if self.shard_size < 1 or self.workers < 1 or self.timeout <= 0:
+        if self.shard_size < 1 or (self.workers is not None and self.workers < 1) or self.timeout <= 0:
             raise ValueError("--shard-size and --workers must be at least 1, --timeout above 0")
         if self.batch_size < 1:
             raise ValueError(f"--batch-size must be at least 1, got {self.batch_size}")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import shutil
 import sys
 import time
@@ -35,6 +36,9 @@ from fashion.predict.score import FAILURES, PARTIAL, RUN, SUMMARY, ScoreError, s
 # what makes two runs' rows the same rows: a rerun that differs in one of these is refused
 IDENTITY = ("bundle", "meta_sha256", "model_sha256", "list_sha256", "shard_size", "thresholds", "tta")
 RETRY = "retry.json"  # in .partial/: a --retry-failed run's plan, until summary.json takes it in
+# --workers by default: URLs wait on the network, so many in flight; local files need only the cores, and
+# more threads contend with the model (2,500 local photos, 96 px bundle: 4 threads 45 s, 32 threads 54 s)
+URL_WORKERS = 32
 
 
 class Scorer:
@@ -49,8 +53,9 @@ class Scorer:
         if clash:
             raise ScoreError(f"{bundle.path}: label {clash[0]!r} is also a column of the output; rename the label")
         self.scoring = Scoring(bundle, detector, columns, cfg.batch_size, cfg.tta)
+        self.workers = cfg.workers or URL_WORKERS  # until the list's first image says local (_count_rows)
         self.fetcher = Fetcher(
-            timeout=cfg.timeout, min_bytes=0, max_bytes=cfg.max_bytes, retries=2, pool_size=cfg.workers
+            timeout=cfg.timeout, min_bytes=0, max_bytes=cfg.max_bytes, retries=2, pool_size=self.workers
         )
 
     # ---- the list: where it is, how many rows, the same one as before?
@@ -76,9 +81,15 @@ class Scorer:
         return spooled
 
     def _count_rows(self, path: Path) -> int:
+        """The list's rows; on the way, --workers' default from its first image (a URL or a local file)."""
         stream, base = open_list(str(path))
+        n = 0
         with stream:
-            return sum(1 for _ in iter_inputs(stream, base, str(path)))
+            for entry in iter_inputs(stream, base, str(path)):
+                if n == 0 and self.cfg.workers is None and isinstance(entry, Item):
+                    self.workers = URL_WORKERS if prediction.is_url(entry.source) else 2 * (os.cpu_count() or 1)
+                n += 1
+        return n
 
     def _rows(self, path: Path, skip: set[int]) -> Iterator[Row]:
         """The list's rows in order, without those of the shards in `skip`."""
@@ -181,8 +192,8 @@ class Scorer:
 
     def _score(self, todo: Iterator[Row], shards: range, total: int, initial: int) -> int | None:
         """`todo` scored into its shards; None when done, else the exit code of a stop (Ctrl-C, full disk)."""
-        window = max(2 * self.cfg.batch_size, 2 * self.cfg.workers)
-        rows = ordered_map(self._prepare, todo, workers=self.cfg.workers, window=window)
+        window = max(2 * self.cfg.batch_size, 2 * self.workers)
+        rows = ordered_map(self._prepare, todo, workers=self.workers, window=window)
         bar = tqdm(total=total, initial=initial, unit="img", desc="score", dynamic_ncols=True, file=sys.stderr)
         shard: ShardBuffer | None = None
         failed = 0
