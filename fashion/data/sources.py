@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import csv
 import io
+import itertools
 import os
 import sys
 from collections import Counter
@@ -274,7 +275,7 @@ def iter_inputs(lines: Iterable[str], base_dir: Path, name: str = "list") -> Ite
         id_col = header.index("id") if "id" in header else None
     else:
         src_col, id_col = 1, 0
-        rows = _chain(first, rows)  # no header: the first row is a line like the others
+        rows = itertools.chain([first], rows)  # no header: the first row is a line like the others
     for line, row in rows:
         row = [c.strip() for c in row]
         src = row[src_col] if len(row) > src_col else ""
@@ -292,7 +293,3 @@ def iter_inputs(lines: Iterable[str], base_dir: Path, name: str = "list") -> Ite
             kind = "malformed line" if not src else "bad url"
             yield Failure(rid, src, f"{kind}: line {line}: {e}", line)
 
-
-def _chain(first: tuple[int, list[str]], rest: Iterator[tuple[int, list[str]]]) -> Iterator[tuple[int, list[str]]]:
-    yield first
-    yield from rest

@@ -342,20 +342,13 @@ class Scorer:
         return EXIT_OK if c["lines"] else EXIT_FAILURES
 
     def _disk_full(self, shards: range) -> int:
+        """diskfull's one line (ingestion's): the shards kept and about how much more the rest needs."""
         kept = [k for k in shards if (self.out / shard_name(k)).is_file()]
         written = sum((self.out / shard_name(k)).stat().st_size for k in kept)
-        per_shard = written / len(kept) if kept else 0
-        need = per_shard * (len(shards) - len(kept))
-        try:
-            free = f"{diskfull.size(shutil.disk_usage(self.out).free)} free now"
-        except OSError:
-            free = "free space unknown"
-        print(
-            f"error: {self.out}: disk full; {len(kept)}/{len(shards)} shard(s) complete and kept; "
-            f"the rest needs about {diskfull.size(need) if kept else 'an unknown amount'} more ({free}); "
-            f"free space and rerun the same command",
-            file=sys.stderr,
-        )
+        rows_kept = sum(read_state(self.partial, k)["rows"] for k in kept)
+        left = (len(shards) - len(kept)) * self.cfg.shard_size  # at most: the last shard may be shorter
+        progress = diskfull.Progress(len(kept), len(shards), left, written / rows_kept if rows_kept else 0.0, 65536)
+        print(f"error: {diskfull.message(self.out, progress)}", file=sys.stderr)
         return EXIT_DISK_FULL
 
 
