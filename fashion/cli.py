@@ -219,6 +219,7 @@ def detect_parser() -> argparse.ArgumentParser:
         "        http(s) URLs, or - to read paths/URLs from standard input\n"
         "a whole catalogue: --list catalogue.txt --out scored/ (Parquet shards, failures.csv, summary.json;\n"
         "        bounded memory, resumable: rerun the same command; --retry-failed for second tries)\n"
+        "        on Apache Beam: --list catalogue.txt --out s3://bucket/scored --engine beam -- BEAM OPTIONS\n"
         "exit code: 0 all images processed, 1 some failed (one line each), 2 no model or a bundle\n"
         "           that cannot be used (one line naming model.keras or meta.json and what is wrong),\n"
         "           3 disk full (--list: finished shards kept), 130 Ctrl-C\n"
@@ -229,7 +230,9 @@ def detect_parser() -> argparse.ArgumentParser:
 
 def detect_main(argv: list[str] | None = None) -> int:
     own_process = argv is None
-    args = vars(detect_parser().parse_args(_argv(argv)))
+    given = _argv(argv)
+    ours, beam_args = (given[: given.index("--")], given[given.index("--") + 1 :]) if "--" in given else (given, [])
+    args = {**vars(detect_parser().parse_args(ours)), "beam_args": beam_args}
 
     def job() -> int:
         cfg = configure(DetectConfig, args)

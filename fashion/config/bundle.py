@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import builtins
+from dataclasses import dataclass, field
 
 from fashion.config import choices as C
 from fashion.config.base import DEFAULT_RECORDS, _Config
@@ -89,7 +90,7 @@ class DetectConfig(_BundleConfig):
     out: str | None = opt(
         None,
         "with --list: the folder of part-NNNNN.parquet shards, failures.csv and summary.json (rerun the "
-        "same command to continue after a crash or Ctrl-C)",
+        "same command to continue after a crash or Ctrl-C); with --engine beam also gs://BUCKET/DIR, s3://...",
         group=SCORING,
         metavar="DIR",
         shown=False,
@@ -105,6 +106,17 @@ class DetectConfig(_BundleConfig):
         shown="32 for a list of URLs, 2 per core for local files (more threads only contend with the model)",
     )
     timeout: float = opt(30.0, "with --list: seconds for one download, retries included", group=SCORING, metavar="S")
+    engine: str = opt(
+        "local",
+        "with --list: local: threads that fetch and decode on this machine, batches through the model; "
+        "beam: an Apache Beam pipeline on Beam's RunInference (pip install 'fashion[beam]'), on all local "
+        "cores by default; Beam options go after --, e.g. -- --runner=FlinkRunner --flink_master=HOST:8081",
+        group=SCORING,
+        choices=C.ENGINES,
+    )
+    beam_args: builtins.list[str] = field(
+        default_factory=builtins.list
+    )  # what followed `--` on the command line (not an option)
     retry_failed: bool = opt(
         False,
         "with --list, on a finished --out: score again the lines of its failures.csv that a second try may "
@@ -124,6 +136,15 @@ class DetectConfig(_BundleConfig):
             raise ValueError("--out is for --list; for a few images use --json FILE or --csv FILE")
         if self.list is not None and (self.json or self.csv):
             raise ValueError("--list writes Parquet shards to --out; --json/--csv are for a few images")
+        if self.engine == "beam" and self.list is None:
+            raise ValueError("--engine beam scores a --list; for a few images leave it out")
+        if self.beam_args and self.engine != "beam":
+            raise ValueError(f"options after -- ({' '.join(self.beam_args)}) are Beam's: add --engine beam")
+        if self.out and "://" in self.out and self.engine != "beam":
+            raise ValueError(
+                f"--out {self.out}: remote filesystems (gs://, s3://, ...) are written by --engine beam, "
+                f"through Beam's filesystems; the local engine writes local folders"
+            )
         if self.shard_size < 1 or (self.workers is not None and self.workers < 1) or self.timeout <= 0:
             raise ValueError("--shard-size and --workers must be at least 1, --timeout above 0")
         if self.batch_size < 1:

@@ -44,6 +44,9 @@ NOISE = re.compile(
     rb"|WARNING:__main__:No semi_persistent_directory"
     rb"|WARNING:apache_beam\.options\.pipeline_options:Discarding unparseable args"
     rb"|WARNING:apache_beam\.runners\.portability\.local_job_service:Worker: severity: WARN"
+    # Beam 2.78's RunInference: its `import resource` shares a try with a module that needs torch, so without
+    # torch every batch warns that memory cannot be measured (only its model-size metric is lost)
+    rb"|WARNING:root:Resource module is not available for current platform"
     rb"|To enable the following instructions: .* in other operations, rebuild TensorFlow"
     # train.py on several processes: gloo's hello, and the line JAX logs just before the fatal one below
     rb"|" + _GLOO_HELLO + rb"|E\d{4} [\d:.]+ +\d+ coordination_service_agent\.cc:\d+\] Polled an error"

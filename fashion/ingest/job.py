@@ -102,10 +102,10 @@ class Ingest:
     def _run(self) -> int:
         if self.cfg.engine == "beam":
             from fashion.core import quiet
-            from fashion.ingest.beam import import_beam
+            from fashion.core.beamrun import import_beam
 
             with quiet.filtered_stderr():  # Beam's import warns about cloud clients it does not need
-                import_beam()  # not installed: one line before anything is read or written
+                import_beam(IngestError)  # not installed: one line before anything is read or written
         existing = self._existing_manifest()
         parsed = self._read_source(existing)
         # Fingerprint the list as given, before ids already in the dataset are dropped,

@@ -8,6 +8,7 @@ temporary name renamed when whole: a shard whose Parquet file exists is complete
 from __future__ import annotations
 
 import json
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from fashion.core import fileio
+from fashion.core.storage import Location, RemotePath
 from fashion.data.sources import Failure, Item
 from fashion.predict import bundle as prediction
 from fashion.predict.detect import CONSTANT, Detector, multilabel_result, single_result
@@ -48,11 +50,11 @@ class Scoring:
         return self.detector.single
 
 
-def state_path(partial: Path, k: int) -> Path:
+def state_path(partial: Location, k: int) -> Location:
     return partial / f"{shard_name(k)}.json"
 
 
-def read_state(partial: Path, k: int) -> dict[str, Any]:
+def read_state(partial: Location, k: int) -> dict[str, Any]:
     return json.loads(state_path(partial, k).read_text(encoding="utf-8"))
 
 
@@ -87,25 +89,29 @@ class ShardBuffer:
         rows, self.batch = self.batch, []
         images = np.stack([r.pixels for r in rows if r.pixels is not None])  # (a batch holds only decoded images)
         probs = prediction.predict_arrays(self.s.bundle, images, tta=self.s.tta).astype(np.float32)
-        d = self.s.detector
         for row, p in zip(rows, probs):
             assert row.item is not None
-            self.ids.append(row.item.id)
-            self.inputs.append(row.item.source)
-            self.lines.append(row.item.line)
-            self.probs.append(p)
-            if self.s.single:
-                r = single_result(p, d.classes, 1, d.cut)
-                best = d.classes.index(r["class"])
-                self.chosen.append([r["class"]])
-                self.scores.append(float(p[best]))
-                self.positives[best] += 1
-            else:
-                r = multilabel_result(p, self.s.bundle.labels, d.thresholds, d.always, d.never, None)
-                self.chosen.append(r["labels"])
-                self.constant.append([lb for lb in r["labels"] if r["source"][lb] == CONSTANT])
-                for lb in r["labels"]:
-                    self.positives[self.s.columns.index(lb)] += 1
+            self.add_scored(row.item, p)
+
+    def add_scored(self, item: Item, p: np.ndarray) -> None:
+        """One image's probabilities as a row: the labels chosen as `detect.py --json` chooses them."""
+        d = self.s.detector
+        self.ids.append(item.id)
+        self.inputs.append(item.source)
+        self.lines.append(item.line)
+        self.probs.append(p)
+        if self.s.single:
+            r = single_result(p, d.classes, 1, d.cut)
+            best = d.classes.index(r["class"])
+            self.chosen.append([r["class"]])
+            self.scores.append(float(p[best]))
+            self.positives[best] += 1
+        else:
+            r = multilabel_result(p, self.s.bundle.labels, d.thresholds, d.always, d.never, None)
+            self.chosen.append(r["labels"])
+            self.constant.append([lb for lb in r["labels"] if r["source"][lb] == CONSTANT])
+            for lb in r["labels"]:
+                self.positives[self.s.columns.index(lb)] += 1
 
     def table(self) -> Any:
         import pyarrow as pa
@@ -126,8 +132,9 @@ class ShardBuffer:
             cols["constant_labels"] = pa.array(self.constant, pa.list_(pa.string()))
         return pa.table(cols)
 
-    def write(self, out: Path, partial: Path) -> None:
-        """The shard's state, then its Parquet file: each under a temporary name, renamed when whole."""
+    def write(self, out: Location, partial: Location) -> None:
+        """The shard's state, then its Parquet file: each under a temporary name, renamed when whole (on an
+        object store, one upload is whole or nothing)."""
         import pyarrow.parquet as pq
 
         self.flush()
@@ -138,5 +145,12 @@ class ShardBuffer:
             "positives": self.positives.tolist(),
         }
         fileio.atomic_write_json(state_path(partial, self.k), state)
-        with fileio.atomic_path(out / shard_name(self.k)) as tmp:
-            pq.write_table(self.table(), tmp)
+        target = out / shard_name(self.k)
+        if isinstance(target, RemotePath):
+            with tempfile.TemporaryDirectory(prefix="fashion-shard-") as tmp:
+                local = Path(tmp) / target.name
+                pq.write_table(self.table(), local)
+                target.upload(local)
+            return
+        with fileio.atomic_path(target) as tmp_path:
+            pq.write_table(self.table(), tmp_path)

@@ -20,10 +20,9 @@ two models never mix in one --out.
 from __future__ import annotations
 
 import shlex
-from pathlib import Path
 
 from fashion.config.bundle import DetectConfig
-from fashion.core import outlock
+from fashion.core import beamrun, outlock, quiet, storage
 from fashion.core.errors import FashionError
 
 SUMMARY, FAILURES, PARTIAL, RUN = "summary.json", "failures.csv", ".partial", "run.json"
@@ -40,8 +39,14 @@ def shard_name(k: int) -> str:
 def run(cfg: DetectConfig, argv: list[str]) -> int:
     """detect.py --list FILE --out DIR: 0 every line scored, 1 some failed (failures.csv), 2 a run that cannot
     start (bundle, list, another run in --out, another bundle's rows there), 3 disk full, 130 Ctrl-C."""
-    out = Path(cfg.out or "")
+    out = storage.location(cfg.out or "")
     command = " ".join(["python", "detect.py", *map(shlex.quote, argv)])
+    if cfg.engine == "beam":
+        with quiet.filtered_stderr():  # Beam's import warns about cloud clients it does not need
+            beamrun.import_beam(ScoreError)  # not installed: one line before anything is read or written
+            if storage.is_remote(out):  # its client installed, the store answering: before the model loads
+                storage.configure(cfg.beam_args)
+                storage.check(str(out), "--out")
     with outlock.hold(out, "detect.py --list"):  # first: a second run is refused before Keras loads
         from fashion.predict import bundle as prediction, scorer
 

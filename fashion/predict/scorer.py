@@ -8,6 +8,7 @@ the layout of --out.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 import shutil
@@ -22,8 +23,9 @@ import numpy as np
 from tqdm import tqdm
 
 from fashion.config.bundle import DetectConfig
-from fashion.core import diskfull, fileio
+from fashion.core import diskfull, fileio, storage
 from fashion.core.errors import EXIT_DISK_FULL, EXIT_FAILURES, EXIT_INTERRUPTED, EXIT_OK
+from fashion.core.storage import Location, RemotePath
 from fashion.data.fetching import Fetcher, FetchError, transient
 from fashion.data.imaging import ImageError
 from fashion.data.ordered import ordered_map
@@ -44,7 +46,7 @@ URL_WORKERS = 32
 class Scorer:
     """One `detect.py --list` run into `out` (locked by the caller)."""
 
-    def __init__(self, cfg: DetectConfig, bundle: prediction.Bundle, out: Path, command: str):
+    def __init__(self, cfg: DetectConfig, bundle: prediction.Bundle, out: Location, command: str):
         self.cfg, self.bundle, self.out, self.command = cfg, bundle, out, command
         self.partial = out / PARTIAL
         detector = Detector(cfg, bundle)
@@ -65,6 +67,10 @@ class Scorer:
         given = self.cfg.list or ""
         if given != "-" and Path(given).is_file():
             return Path(given)
+        if isinstance(self.partial, RemotePath):
+            raise ScoreError(
+                f"--list {given}: with --out on an object store the list must be a file (not -, a folder or a glob)"
+            )
         spooled = self.partial / "inputs.list"
         with fileio.atomic_path(spooled) as tmp, open(tmp, "wb") as f:
             if given == "-":
@@ -117,7 +123,7 @@ class Scorer:
             "task": self.bundle.task,
         }
 
-    def _check_same(self, before: dict[str, Any], now: dict[str, Any], where: Path) -> None:
+    def _check_same(self, before: dict[str, Any], now: dict[str, Any], where: Location) -> None:
         differ = [k for k in IDENTITY if before.get(k) != now.get(k)]
         if not differ:
             return
@@ -167,34 +173,62 @@ class Scorer:
             raise
         n_rows = self._count_rows(list_path)
         n_shards = -(-n_rows // self.cfg.shard_size)
-        done = {k for k in range(n_shards) if (self.out / shard_name(k)).is_file()}
+        done = self.finished(range(n_shards))
         if done:
             print(f"resuming: {len(done)} of {n_shards} shard(s) already in {self.out}")
         started = time.time()
         size = self.cfg.shard_size
         already = sum(min(size, n_rows - k * size) for k in done)
-        code = self._score(self._rows(list_path, done), range(n_shards), n_rows, already)
+        code = self._score(self._rows(list_path, done), range(n_shards), n_rows, already, list_path)
         if code is not None:
             return code
         summary = self._summary(identity, range(n_shards), n_rows, started)
         return self._report(summary)
 
     def _prepare(self, row: Row) -> Row:
-        """On a pool thread: the image's pixels at the model's input size, or the reason it has none."""
-        if row.item is None:
-            return row
-        item, size = row.item, self.bundle.input_size
-        try:
-            row.pixels = prediction.load_image(item.source, self.fetcher, size, self.cfg.max_pixels)
-        except (FetchError, ImageError, OSError) as e:
-            row.failure = Failure(item.id, item.source, str(e), item.line)
-        return row
+        return prepare(row, self.fetcher, self.bundle.input_size, self.cfg.max_pixels)
 
-    def _score(self, todo: Iterator[Row], shards: range, total: int, initial: int) -> int | None:
-        """`todo` scored into its shards; None when done, else the exit code of a stop (Ctrl-C, full disk)."""
+    def finished(self, shards: range) -> set[int]:
+        """The shards of `shards` whose Parquet file is there (one listing: on an object store each look is a request)."""
+        present = {p.name for p in self.out.glob("part-*.parquet")}
+        return {k for k in shards if shard_name(k) in present}
+
+    def _score(
+        self, todo: Iterator[Row], shards: range, total: int, initial: int, source: Path | None = None
+    ) -> int | None:
+        """`todo` scored into its shards; None when done, else the exit code of a stop (Ctrl-C, full disk).
+        `source`: the list file `todo` comes from (the Beam engine's workers read it again)."""
+        bar = tqdm(total=total, initial=initial, unit="img", desc="score", dynamic_ncols=True, file=sys.stderr)
+        try:
+            if self.cfg.engine == "beam":
+                from fashion.predict import score_beam
+
+                score_beam.score(self, todo, shards, bar)
+            else:
+                self._score_here(todo, bar)
+        except KeyboardInterrupt:
+            kept = len(self.finished(shards))
+            bar.close()
+            print(
+                f"\ninterrupted: {kept}/{len(shards)} shard(s) complete and kept in {self.out}; "
+                f"rerun the same command to continue",
+                file=sys.stderr,
+            )
+            return EXIT_INTERRUPTED
+        except OSError as e:
+            if not diskfull.is_disk_full(e):
+                raise
+            bar.close()
+            return self._disk_full(shards)
+        finally:
+            bar.close()
+            self.fetcher.close()
+        return None
+
+    def _score_here(self, todo: Iterator[Row], bar: Any) -> None:
+        """The local engine: a pool of threads fetches and decodes, batches go through the model here."""
         window = max(2 * self.cfg.batch_size, 2 * self.workers)
         rows = ordered_map(self._prepare, todo, workers=self.workers, window=window)
-        bar = tqdm(total=total, initial=initial, unit="img", desc="score", dynamic_ncols=True, file=sys.stderr)
         shard: ShardBuffer | None = None
         failed = 0
         try:
@@ -210,23 +244,8 @@ class Scorer:
                 bar.update(1)
             if shard is not None:
                 shard.write(self.out, self.partial)
-        except KeyboardInterrupt:
-            kept = sum(1 for k in shards if (self.out / shard_name(k)).is_file())
-            print(
-                f"\ninterrupted: {kept}/{len(shards)} shard(s) complete and kept in {self.out}; "
-                f"rerun the same command to continue",
-                file=sys.stderr,
-            )
-            return EXIT_INTERRUPTED
-        except OSError as e:
-            if not diskfull.is_disk_full(e):
-                raise
-            return self._disk_full(shards)
         finally:
             rows.close()  # the pool stops; downloads in flight see the fetcher's cancel
-            bar.close()
-            self.fetcher.close()
-        return None
 
     # ---- --retry-failed
     def _retry(self, summary: dict[str, Any]) -> int:
@@ -237,8 +256,7 @@ class Scorer:
         if plan_path.is_file():
             plan = json.loads(plan_path.read_text(encoding="utf-8"))
         else:
-            with open(self.out / FAILURES, newline="", encoding="utf-8") as f:
-                rows = list(csv.DictReader(f))
+            rows = list(csv.DictReader(io.StringIO((self.out / FAILURES).read_text(encoding="utf-8"), newline="")))
             again = [transient(r["reason"]) for r in rows]
             as_list = [[r["id"], r["input"], r["reason"], int(r["line"] or 0)] for r in rows]
             plan = {
@@ -253,7 +271,7 @@ class Scorer:
             fileio.atomic_write_json(plan_path, plan)
         size, first, retry = self.cfg.shard_size, plan["first"], plan["retry"]
         shards = range(first, first + -(-len(retry) // size))
-        done = {k for k in shards if (self.out / shard_name(k)).is_file()}
+        done = self.finished(shards)
         print(
             f"retrying {len(retry)} line(s) whose failure may pass now ({len(plan['keep'])} permanent left as they are)"
         )
@@ -359,5 +377,16 @@ def _rel(path: str, root: Path) -> str:
         return path
 
 
-def _clear(partial: Path) -> None:
-    shutil.rmtree(partial, ignore_errors=True)
+def _clear(partial: Location) -> None:
+    storage.rmtree(partial)
+
+
+def prepare(row: Row, fetcher: Fetcher, size: int, max_pixels: int) -> Row:
+    """On a pool thread: the image's pixels at the model's input size, or the reason it has none."""
+    if row.item is None:
+        return row
+    try:
+        row.pixels = prediction.load_image(row.item.source, fetcher, size, max_pixels)
+    except (FetchError, ImageError, OSError) as e:
+        row.failure = Failure(row.item.id, row.item.source, str(e), row.item.line)
+    return row

@@ -18,9 +18,9 @@ import pytest
 
 from conftest import ROOT, SAMPLE, sample_lines
 from fashion.cli import generate_dataset_main
+from fashion.core import beamrun
 from fashion.data import dataset_json, records
 from fashion.data.records import verify
-from fashion.ingest import beam as beam_ingest
 
 pytest.importorskip("apache_beam", reason="the beam extra (make test installs it)")
 
@@ -167,11 +167,11 @@ def test_beam_options_need_the_beam_engine_and_beam_itself(tmp_path, capsys, mon
     assert "--out s3://bucket/ds: s3:// needs boto3, not installed: pip install 'apache-beam[aws]'" in err
     assert len(err.strip().splitlines()) == 1
     monkeypatch.delitem(sys.modules, "boto3")
-    assert beam_ingest.pipeline_args([], cores=2) == [
+    assert beamrun.pipeline_args([], cores=2) == [
         "--direct_num_workers=2",
         "--default_sdk_harness_log_level=WARNING",
     ]
-    assert beam_ingest.pipeline_args(["--runner=FlinkRunner", "--flink_master=h:8081"])[:2] == [
+    assert beamrun.pipeline_args(["--runner=FlinkRunner", "--flink_master=h:8081"])[:2] == [
         "--runner=FlinkRunner",
         "--flink_master=h:8081",
     ]
@@ -189,17 +189,17 @@ def test_a_failed_worker_is_named_by_its_last_error_line():
         'Traceback (most recent call last):\n  File "x.py", line 1, in f\n'
         "PermissionError: [Errno 13] Permission denied: '/data/out/.train-00000-of-00001.tfrecord.tmp'\n"
     )
-    line = beam_ingest.runner_problem(RuntimeError(worker_text))
+    line = beamrun.runner_problem(RuntimeError(worker_text))
     assert (
         line
         == "RuntimeError: PermissionError: [Errno 13] Permission denied: '/data/out/.train-00000-of-00001.tfrecord.tmp'"
     )
     # the Prism hint follows from the runner named, whatever Beam's words for the failed download
     failed = RuntimeError("any wording at all")
-    assert "--prism_location=PATH" in beam_ingest.runner_problem(failed, ["--runner=PrismRunner"])
-    assert "--prism_location=PATH" in beam_ingest.runner_problem(failed, ["--runner", "DirectRunner"])
-    assert "--prism_location" not in beam_ingest.runner_problem(failed, ["--runner=FlinkRunner"])
-    assert "--prism_location=PATH" not in beam_ingest.runner_problem(
+    assert "--prism_location=PATH" in beamrun.runner_problem(failed, ["--runner=PrismRunner"])
+    assert "--prism_location=PATH" in beamrun.runner_problem(failed, ["--runner", "DirectRunner"])
+    assert "--prism_location" not in beamrun.runner_problem(failed, ["--runner=FlinkRunner"])
+    assert "--prism_location=PATH" not in beamrun.runner_problem(
         failed, ["--runner=PrismRunner", "--prism_location=/opt/prism.zip"]
     )
 
