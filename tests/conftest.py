@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -20,6 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # train.py's options for the tests' tiny runs: random weights, 32 px, the heads only
 TINY_TRAIN = ["--weights", "none", "--image-size", "32", "--layers", "heads"]
 SAMPLE = ROOT / "data" / "sample"
+BUCKET = "fashion-test"  # the s3 fixture's bucket
 # What a plain `import tensorflow` prints on a machine without a GPU (tensorflow 2.21): kept off the console
 NOISE = (
     "absl::InitializeLog",
@@ -263,3 +265,42 @@ def tiny_bundle(folder: Path, thresholds: list[float] | None = None, seed: int =
         folder / "meta.json", {"labels": labels, "heads": head_names(labels), "thresholds": th, "input_size": 32}
     )
     return folder
+
+
+@pytest.fixture(scope="module")
+def s3():
+    """An S3 endpoint on 127.0.0.1 with one bucket; AWS credentials that it accepts, in the environment
+    (the Beam workers inherit them)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1"}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    import boto3
+
+    client = boto3.client("s3", endpoint_url=url)
+    deadline = time.time() + 60
+    while True:
+        try:
+            client.create_bucket(Bucket=BUCKET)
+            break
+        except Exception:
+            if time.time() > deadline or proc.poll() is not None:
+                proc.kill()
+                raise
+            time.sleep(0.2)
+    yield url, client
+    proc.terminate()
+    proc.wait(timeout=30)
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v

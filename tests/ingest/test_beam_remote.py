@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from test_beam import LABELS, TIMEOUT, comparable
 
-from conftest import ROOT, sample_lines
+from conftest import BUCKET, ROOT, sample_lines
 from fashion.cli import generate_dataset_main
 from fashion.core import storage
 from fashion.core.errors import IngestError
@@ -26,45 +26,7 @@ pytest.importorskip("apache_beam", reason="the beam extra (make test installs it
 boto3 = pytest.importorskip("boto3", reason="the beam extra (make test installs it)")
 pytest.importorskip("moto", reason="the test extra (make test installs it)")
 
-BUCKET = "fashion-test"
 PY = [sys.executable, str(ROOT / "generate_dataset.py")]
-
-
-@pytest.fixture(scope="module")
-def s3():
-    """An S3 endpoint on 127.0.0.1 with one bucket; AWS credentials that it accepts, in the environment
-    (the Beam workers inherit them)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1"}
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    client = boto3.client("s3", endpoint_url=url)
-    deadline = time.time() + 60
-    while True:
-        try:
-            client.create_bucket(Bucket=BUCKET)
-            break
-        except Exception:
-            if time.time() > deadline or proc.poll() is not None:
-                proc.kill()
-                raise
-            time.sleep(0.2)
-    yield url, client
-    proc.terminate()
-    proc.wait(timeout=30)
-    for k, v in saved.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
 
 
 def keys(client, prefix: str) -> dict[str, int]:
