@@ -48,6 +48,13 @@ class IngestConfig(_Config):
     )
     append: bool = opt(False, "add the list's records to an existing dataset as new shards", group=IO)
     overwrite: bool = opt(False, "replace the dataset (or unfinished run) in --out", group=IO)
+    retry_failed: bool = opt(
+        False,
+        "on a finished --out, with the same list: fetch again the lines of its failures.csv that a second "
+        "try may pass (timeouts, connection errors, 429, 5xx) and add those that succeed as new shards; "
+        "404s and non-images stay in failures.csv",
+        group=IO,
+    )
     strict: bool = opt(False, "stop on the first malformed line instead of skipping it", group=IO)
     engine: str = opt(
         "local",
@@ -179,6 +186,8 @@ class IngestConfig(_Config):
             raise IngestError(f"--val-fraction must be in [0, 1), got {self.val_fraction}")
         if self.workers < 1 or self.shard_size < 1:
             raise IngestError("--workers and --shard-size must be at least 1")
+        if self.retry_failed and (self.append or self.overwrite):
+            raise IngestError("--retry-failed adds to the dataset the list made; leave out --append and --overwrite")
         if not (self.timeout > 0 and self.connect_timeout > 0):
             raise IngestError("--timeout and --connect-timeout must be more than 0 seconds")
         self._validate_source()

@@ -35,7 +35,7 @@ from fashion.data import dataset_json, records, review
 from fashion.data.dataset_json import DatasetManifest
 from fashion.data.records import verify
 from fashion.data.sources import Failure, Item, ParsedList, open_list, parse_list, read_label_names
-from fashion.ingest import class_sources, reports, tfrecord_source, workers
+from fashion.ingest import class_sources, reports, retry, tfrecord_source, workers
 from fashion.ingest.manifest import add_part, new_manifest, timestamp
 from fashion.ingest.shards import ShardPlan, fingerprint, plan_shards, shard_done, write_shard
 
@@ -111,6 +111,10 @@ class Ingest:
         # Fingerprint the list as given, before ids already in the dataset are dropped,
         # so a rerun of an interrupted --append recognises its own unfinished work.
         fp = fingerprint(self.cfg, parsed.label_names, parsed.items)
+        if self.cfg.retry_failed and existing is not None:
+            parsed, fp = retry.narrow(self.out, existing, parsed, fp)
+            if not parsed.items:
+                return retry.nothing_to_retry(self.out, existing)
         done = self._already_holds(existing, fp)
         if done is not None:
             return done
@@ -132,6 +136,8 @@ class Ingest:
         manifest = self._finalize(existing, part, states)
         all_failures = part.skipped + _image_failures(states)
         reports.print_ingest_summary(manifest, all_failures, processed, elapsed, _written_labels(states), out=self.out)
+        if self.cfg.retry_failed:  # what is left in failures.csv, the permanent ones included
+            return EXIT_FAILURES if manifest["failures"] else EXIT_OK
         return EXIT_FAILURES if all_failures else EXIT_OK
 
     # ---- the output folder as found
@@ -140,9 +146,12 @@ class Ingest:
         has_manifest = dataset_json.exists(self.out)
         if cfg.overwrite:
             return None  # cleared in _plan, once the list has been read (a bad list must not cost the dataset)
-        if cfg.append:
+        if cfg.append or cfg.retry_failed:
             if not has_manifest:
-                raise IngestError(f"--append: {self.out} has no {dataset_json.MANIFEST} to append to")
+                flag = "--append" if cfg.append else "--retry-failed"
+                raise IngestError(
+                    f"{flag}: {self.out} has no {dataset_json.MANIFEST} (not finished yet: rerun without it)"
+                )
             return dataset_json.read(self.out)
         if has_manifest:
             manifest = dataset_json.read(self.out)
@@ -288,7 +297,7 @@ class Ingest:
         return keep, dupes
 
     def _part_tag(self, existing: DatasetManifest | None) -> str:
-        if existing is None or not self.cfg.append:
+        if existing is None or not (self.cfg.append or self.cfg.retry_failed):
             return ""
         return f"a{len(existing.get('parts', [])):02d}"
 
@@ -306,7 +315,7 @@ class Ingest:
                     f"rerun that command to finish it, or add --overwrite to start again"
                 )
             self._clear_partial()
-        elif dataset_json.exists(self.out) and not self.cfg.append:
+        elif dataset_json.exists(self.out) and not (self.cfg.append or self.cfg.retry_failed):
             raise IngestError(
                 f"{self.out} already holds a dataset made by another command; "
                 f"use --append to add records or --overwrite to replace it"
@@ -383,6 +392,8 @@ class Ingest:
         # Only rows the previous manifest vouches for: a kill between the CSV writes and the
         # manifest's must not count this run's rows twice on the rerun.
         old_fail = fileio.read_csv_rows(self.out / records.FAILURES)[: existing["failures"]] if existing else []
+        if existing is not None and self.cfg.retry_failed:  # the retried lines leave; those failing again come back
+            old_fail = retry.without_retried(existing, old_fail, {it.id for p in part.plans for it in p.items})
         old_index = _committed_index(self.out, existing) if existing else []
         new_failures = part.skipped + _image_failures(states)
         ts = timestamp()

@@ -264,3 +264,37 @@ def test_yaml_config_sits_between_defaults_and_flags(tmp_path):
     assert m["image_size"] == 48 and m["quality"] == 80 and m["splits"]["val"]["records"] == 2
     cfg.write_text("imagesize: 40\n")
     assert generate_dataset_main([str(lst), "--config", str(cfg)]) == 2  # unknown key: refused
+
+
+def test_retry_failed_adds_what_a_second_try_passes_and_keeps_the_permanent_failures(server, tmp_path, capsys):
+    server.down = True
+    u, photos = server.url, sample_lines()
+    good = [f"g{i},{u}/photos/{Path(l[1]).name},{','.join(l[2:])}" for i, l in enumerate(photos[:4])]
+    down = [f"d{i},{u}/switchable/{Path(l[1]).name},{','.join(l[2:])}" for i, l in enumerate(photos[4:7])]
+    lst = write_list(tmp_path / "l.txt", [*good, *down, f"gone,{u}/status/404,{lbl('1' * 13)}", "bad-line"])
+    out = tmp_path / "o"
+    args = [str(lst), "--labels", LABELS, "--out", str(out), "--image-size", "32", "--shard-size", "2"]
+    assert generate_dataset_main(args) == 1
+    fails = read_failures(out)
+    assert (
+        {"d0", "d1", "d2", "gone"} <= set(fails) and len(fails) == 5 and fails["d0"] == "http 503: Service Unavailable"
+    )
+    assert generate_dataset_main([*args, "--retry-failed"]) == 1  # still down: they fail again, nothing lost
+    assert len(dataset_json.read(out)["parts"]) == 2 and len(read_dataset(out)) == 4
+    server.down = False  # the host is back
+    capsys.readouterr()
+    assert generate_dataset_main([*args, "--retry-failed"]) == 1  # the 404 and the bad line stay
+    said = capsys.readouterr().out
+    assert "retrying 3 line(s) whose failure may pass now (2 permanent left as they are)" in said
+    recs = read_dataset(out)
+    assert sorted(recs) == ["d0", "d1", "d2", "g0", "g1", "g2", "g3"], "each id once"
+    fails = read_failures(out)
+    assert fails["gone"] == "http 404: Not Found" and len(fails) == 2 and not any(i.startswith("d") for i in fails)
+    manifest = dataset_json.read(out)
+    assert manifest["records"] == 7 and manifest["failures"] == 2
+    assert sum(p["failures"] for p in manifest["parts"]) == 2, "each part's count matches failures.csv"
+    assert records.verify(out) == 0
+    assert generate_dataset_main([*args, "--retry-failed"]) == 1
+    assert "nothing to retry: 2 failure(s)" in capsys.readouterr().out
+    assert generate_dataset_main(args) == 1  # the first command again: its part is there, nothing to do
+    assert "already holds the records of this exact command" in capsys.readouterr().out
