@@ -4,13 +4,13 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: help demo test test-fast lint lock bench-ingest clean
+.PHONY: help demo test test-fast lint lock bench-ingest clean browser
 
 help:
 	@echo "make demo      - set up .venv, ingest the demo sample (data/demo) into data/records, verify it,"
 	@echo "                 train on CPU from the shipped trunk (configs/demo.yaml; model_save/demo-*/, log/demo-*/),"
 	@echo "                 evaluate (report/demo-*/index.html), detect one sample photo, print the next commands"
-	@echo "make test      - set up .venv and run the whole test suite (what CI runs)"
+	@echo "make test      - set up .venv (and chromium, for the page's browser test) and run the whole test suite (what CI runs)"
 	@echo "make test-fast - the tests not marked slow (no end-to-end training): under 2 minutes"
 	@echo "make lint      - ruff check, ruff format --check, mypy, import-linter (the layers)"
 	@echo "make lock      - recompile requirements.txt (the exact tested versions) from pyproject.toml's ranges"
@@ -18,7 +18,7 @@ help:
 	@echo "make clean     - remove data/records, data/cache and caches (keeps .venv)"
 
 # The exact versions CI tested (requirements.txt: a lock with hashes compiled by uv from pyproject.toml's
-# ranges and extras: test, lint, beam, jax, bench), then the project itself in place without dependencies;
+# ranges and extras: test, lint, beam, jax, bench, serve), then the project itself in place without dependencies;
 # re-installed only when either file changes. `pip install -e .` with pyproject.toml's ranges still works for
 # those who embed the package.
 $(STAMP): pyproject.toml requirements.txt
@@ -31,7 +31,7 @@ $(STAMP): pyproject.toml requirements.txt
 # Refresh the lock from pyproject.toml (newest versions its ranges allow), for every platform and Python
 # it supports; then `make test` to check them before committing it.
 lock: $(STAMP)
-	$(VENV)/bin/uv pip compile pyproject.toml --extra test --extra lint --extra beam --extra jax --extra bench \
+	$(VENV)/bin/uv pip compile pyproject.toml --extra test --extra lint --extra beam --extra jax --extra bench --extra serve \
 		--universal --generate-hashes --custom-compile-command "make lock" --quiet -o requirements.txt
 
 # Ingest the shipped sample, train on CPU from the trunk this project ships (offline: no ImageNet
@@ -60,8 +60,21 @@ demo: $(STAMP)
 # at once fit CI's 2 cores (fresh clone, 2026-12-07: 24 min with the install here, 185 tests; CI ran 16 min).
 # PYTEST_ARGS= runs serially.
 PYTEST_ARGS ?= -n 2
-test: $(STAMP)
+test: $(STAMP) browser
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# serve.py's page is tested in a real browser: Debian's chromium driven by selenium through its chromedriver
+# (pip and `playwright install` cannot fetch a browser build here; apt-get can). Installed when missing, as
+# root or with sudo; without apt-get, say what to install (the browser test then fails naming it).
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || { \
+	  if command -v apt-get >/dev/null; then \
+	    SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	    echo "installing chromium and chromium-driver with apt-get (serve.py's page is tested in a browser)"; \
+	    $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium chromium-driver >/dev/null; \
+	  else \
+	    echo "warning: install chromium and chromedriver (on PATH) for the browser test of serve.py's page"; \
+	  fi; }
 
 test-fast: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS) -m "not slow"

@@ -16,7 +16,7 @@ import sys
 import textwrap
 from collections.abc import Callable
 
-from fashion.config.bundle import DetectConfig, EvaluateConfig
+from fashion.config.bundle import DetectConfig, EvaluateConfig, ServeConfig
 from fashion.config.ingest import IngestConfig
 from fashion.config.options import build_parser, configure
 from fashion.config.train import TrainConfig
@@ -283,3 +283,42 @@ def evaluate_main(argv: list[str] | None = None) -> int:
     said = "interrupted; rerun the same command for a complete report"
     errors = (FashionError, FileNotFoundError, ValueError)
     return _interruptible(own_process, errors, lambda: _evaluate(configure(EvaluateConfig, args)), said)
+
+
+# --------------------------------------------------------------------------- serve.py
+
+
+def serve_parser() -> argparse.ArgumentParser:
+    return build_parser(
+        ServeConfig,
+        "serve.py",
+        "Serve a bundle over HTTP (FastAPI on uvicorn): POST /v1/predict with photos (multipart upload, a raw "
+        'image body, or JSON {"urls": [...]}) answers what detect.py --json gives for each; GET /v1/model, '
+        "GET /healthz, OpenAPI docs at /docs, and a page at / to drop, paste or pick photos and see their tags. "
+        "Concurrent requests are batched on the model.",
+        "examples:\n"
+        "  python serve.py --model model_save/RUN                      # http://127.0.0.1:8000/\n"
+        "  curl -F file=@photo.jpg http://127.0.0.1:8000/v1/predict\n"
+        "  curl --data-binary @photo.jpg -H 'Content-Type: image/jpeg' http://127.0.0.1:8000/v1/predict\n"
+        "  curl -H 'Content-Type: application/json' -d '{\"urls\": [\"https://...\"]}' http://127.0.0.1:8000/v1/predict\n"
+        "  python serve.py --model model_save/RUN --host 0.0.0.0 --api-key SECRET   # other machines, with a key\n"
+        "answers: 200; 400 not an image (detect.py's reason); 401 wrong key; 413 too large (bytes, pixels,\n"
+        "photos); 502 a URL that failed; 504 a URL past --timeout\n"
+        "exit code: 0 stopped by Ctrl-C or SIGTERM (requests in flight answered first); 2 a bundle that\n"
+        "           cannot be used or an address that cannot be listened on (one line)",
+    )
+
+
+def _serve(cfg: ServeConfig) -> int:
+    from fashion.predict import service  # FastAPI, uvicorn and TensorFlow load only after --help
+
+    return service.run(cfg)
+
+
+def serve_main(argv: list[str] | None = None) -> int:
+    args = vars(serve_parser().parse_args(_argv(argv)))
+    try:
+        return _fatal((FashionError, OSError, ValueError), lambda: _serve(configure(ServeConfig, args)))
+    except ImportError as e:
+        print(f"error: serve.py needs the serve extra ({e}): pip install 'fashion[serve]'", file=sys.stderr)
+        return EXIT_FATAL

@@ -191,3 +191,41 @@ class EvaluateConfig(_BundleConfig):
 
     def validate(self) -> None:
         check_choices(self, ValueError)
+
+
+@dataclass
+class ServeConfig(_BundleConfig):
+    """Everything `serve.py` (fashion-serve) needs."""
+
+    host: str = opt("127.0.0.1", "address to listen on (0.0.0.0: every interface; put it behind TLS)", metavar="HOST")
+    port: int = opt(8000, "port to listen on (0: any free one, printed at start)", metavar="N")
+    api_key: str | None = opt(
+        None, "require this key in an X-API-Key header (or Authorization: Bearer KEY) on /v1/*", metavar="KEY"
+    )
+    batch_size: int = opt(32, "most photos the model takes at once, gathered from concurrent requests", metavar="N")
+    batch_wait_ms: float = opt(
+        5.0, "how long the first photo of a batch waits for others (the price of batching)", metavar="MS"
+    )
+    max_photos: int = opt(64, "most photos in one request", metavar="N")
+    max_bytes: int = opt(
+        32 * 1024 * 1024, "largest photo accepted, uploaded or fetched (413 above)", type=parse_size, metavar="SIZE"
+    )
+    max_pixels: int = opt(
+        150_000_000, "refuse photos with more pixels, read from the header (413: decompression bombs)", metavar="N"
+    )
+    timeout: float = opt(
+        10.0, 'seconds for fetching one {"urls": [...]} photo, retries included (504 past it)', metavar="S"
+    )
+    tta: bool = opt(False, "average with the mirrored image")
+
+    def validate(self) -> None:
+        if not 0 <= self.port <= 65535:
+            raise ValueError(f"--port must be 0..65535, got {self.port}")
+        if self.batch_size < 1 or self.max_photos < 1 or self.max_bytes < 1 or self.max_pixels < 1:
+            raise ValueError("--batch-size, --max-photos, --max-bytes and --max-pixels must be at least 1")
+        if self.batch_wait_ms < 0 or self.timeout <= 0:
+            raise ValueError("--batch-wait-ms must be 0 or more, --timeout more than 0")
+        if self.max_pixels > DetectConfig.PILLOW_MAX_PIXELS:
+            raise ValueError(
+                f"--max-pixels must be at most {DetectConfig.PILLOW_MAX_PIXELS:,} (Pillow's own hard stop)"
+            )
