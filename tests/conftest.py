@@ -33,6 +33,22 @@ NOISE = (
 )
 
 
+@pytest.fixture(autouse=True)
+def sigint_left_as_found(request):
+    """A test that leaves Ctrl-C's handler changed (ignored, or a command's own) breaks the tests after it
+    in the same worker, which need Python's default to install theirs (fashion.core.interrupts): put it
+    back, and say which test it was."""
+    import signal
+    import warnings
+
+    before = signal.getsignal(signal.SIGINT)
+    yield
+    after = signal.getsignal(signal.SIGINT)
+    if after is not before:
+        signal.signal(signal.SIGINT, before)
+        warnings.warn(f"{request.node.nodeid} left the SIGINT handler as {after!r}; put back", stacklevel=1)
+
+
 def pytest_collection_modifyitems(config, items):
     """The slow tests first (file order kept within each group): the two test processes of `make test`
     take the long trainings one by one from the start and the quick tests fill the gaps at the end,

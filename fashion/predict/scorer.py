@@ -23,7 +23,7 @@ import numpy as np
 from tqdm import tqdm
 
 from fashion.config.bundle import DetectConfig
-from fashion.core import diskfull, fileio, storage
+from fashion.core import diskfull, fileio, interrupts, storage
 from fashion.core.errors import EXIT_DISK_FULL, EXIT_FAILURES, EXIT_INTERRUPTED, EXIT_OK
 from fashion.core.storage import Location, RemotePath
 from fashion.data.fetching import Fetcher, FetchError, transient
@@ -233,6 +233,7 @@ class Scorer:
         failed = 0
         try:
             for row in rows:
+                interrupts.check()  # a Ctrl-C that TensorFlow's code swallowed on its way (core/interrupts)
                 if shard is None or shard.k != row.shard:
                     if shard is not None:
                         shard.write(self.out, self.partial)
