@@ -127,7 +127,7 @@ def main() -> None:
     ap.add_argument("--model", help="an existing bundle (default: a fresh DenseNet121 one at --size)")
     ap.add_argument("--size", type=int, default=64)
     ap.add_argument("--photos", type=Path, default=SHARED if SHARED.is_dir() else ROOT / "data" / "sample")
-    ap.add_argument("--images", type=int, nargs=2, default=[200, 1000], help="the two numbers of photos of detect")
+    ap.add_argument("--images", type=int, nargs=2, default=[500, 2500], help="the two numbers of photos of detect")
     ap.add_argument("--clients", type=int, default=8)
     ap.add_argument("--requests", type=int, default=1000)
     ap.add_argument("--latency-requests", type=int, default=200)
