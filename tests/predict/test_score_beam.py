@@ -37,6 +37,7 @@ def assert_same_rows(ours: list[dict], theirs: list[dict]) -> None:
         )
 
 
+@pytest.mark.slow  # a Beam pipeline: worker processes load TensorFlow and the bundle (~15 s)
 def test_beam_engine_writes_the_local_engines_rows_and_failures(server, bundle, tmp_path, capsys):
     lines = good_lines(server, 9) + [
         f"missing,{server.url}/status/404",

@@ -159,6 +159,7 @@ def service_bundle(service: Service) -> Path:
     return Path(service.proc.args[service.proc.args.index("--model") + 1])
 
 
+@pytest.mark.slow
 def test_twenty_concurrent_clients_are_batched_and_answered_alike(service, detected):
     before = requests.get(f"{service.url}/healthz", timeout=10).json()["batches"]
 
@@ -176,6 +177,7 @@ def test_twenty_concurrent_clients_are_batched_and_answered_alike(service, detec
     assert batches < 40, f"40 photos from 20 clients in {batches} batches: concurrent requests share batches"
 
 
+@pytest.mark.slow  # a second service process
 def test_sigterm_answers_the_request_in_flight_then_exits_0(bundle, server):
     s = start(["--model", str(bundle)])
     server.delay = 3
