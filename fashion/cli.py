@@ -24,6 +24,14 @@ from fashion.core import cluster, interrupts, quiet
 from fashion.core.errors import EXIT_FATAL, EXIT_INTERRUPTED, FashionError
 
 
+def _beam_args(argv: list[str]) -> tuple[list[str], list[str]]:
+    """(our options, Beam's options): what follows `--` is Beam's (--engine beam)."""
+    if "--" not in argv:
+        return argv, []
+    cut = argv.index("--")
+    return argv[:cut], argv[cut + 1 :]
+
+
 def _fatal(errors: tuple[type[Exception], ...], job: Callable[[], int]) -> int:
     """Run `job`; one of `errors` becomes one `error:` line (no traceback) and EXIT_FATAL."""
     try:
@@ -117,7 +125,7 @@ def ingest_parser() -> argparse.ArgumentParser:
 def generate_dataset_main(argv: list[str] | None = None) -> int:
     own_process = argv is None  # the script or console entry point: the process ends when this returns
     argv = _argv(argv)
-    ours, beam_args = (argv[: argv.index("--")], argv[argv.index("--") + 1 :]) if "--" in argv else (argv, [])
+    ours, beam_args = _beam_args(argv)
     args = {**vars(ingest_parser().parse_args(ours)), "beam_args": beam_args}
     try:
         from fashion.ingest import job as ingest  # heavy imports only after --help has been served
@@ -230,8 +238,7 @@ def detect_parser() -> argparse.ArgumentParser:
 
 def detect_main(argv: list[str] | None = None) -> int:
     own_process = argv is None
-    given = _argv(argv)
-    ours, beam_args = (given[: given.index("--")], given[given.index("--") + 1 :]) if "--" in given else (given, [])
+    ours, beam_args = _beam_args(_argv(argv))
     args = {**vars(detect_parser().parse_args(ours)), "beam_args": beam_args}
 
     def job() -> int:

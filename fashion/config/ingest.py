@@ -175,6 +175,11 @@ class IngestConfig(_Config):
         if isinstance(self.from_tfrecords, str):  # `from-tfrecords: FILE` in a YAML config
             self.from_tfrecords = [self.from_tfrecords]
 
+    @property
+    def adds_part(self) -> bool:
+        """--append and --retry-failed add a part to a finished dataset (new shards, the manifest updated)."""
+        return self.append or self.retry_failed
+
     def validate(self) -> None:
         """Refuse impossible options before anything is read or written (IngestError)."""
         check_choices(self, IngestError)

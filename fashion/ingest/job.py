@@ -146,7 +146,7 @@ class Ingest:
         has_manifest = dataset_json.exists(self.out)
         if cfg.overwrite:
             return None  # cleared in _plan, once the list has been read (a bad list must not cost the dataset)
-        if cfg.append or cfg.retry_failed:
+        if cfg.adds_part:
             if not has_manifest:
                 flag = "--append" if cfg.append else "--retry-failed"
                 raise IngestError(
@@ -297,7 +297,7 @@ class Ingest:
         return keep, dupes
 
     def _part_tag(self, existing: DatasetManifest | None) -> str:
-        if existing is None or not (self.cfg.append or self.cfg.retry_failed):
+        if existing is None or not self.cfg.adds_part:
             return ""
         return f"a{len(existing.get('parts', [])):02d}"
 
@@ -315,7 +315,7 @@ class Ingest:
                     f"rerun that command to finish it, or add --overwrite to start again"
                 )
             self._clear_partial()
-        elif dataset_json.exists(self.out) and not (self.cfg.append or self.cfg.retry_failed):
+        elif dataset_json.exists(self.out) and not self.cfg.adds_part:
             raise IngestError(
                 f"{self.out} already holds a dataset made by another command; "
                 f"use --append to add records or --overwrite to replace it"

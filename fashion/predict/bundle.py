@@ -178,9 +178,13 @@ def expand_inputs(args: Iterable[str]) -> Iterator[str]:
 
 
 def load_image(source: str, fetcher: Fetcher, size: int, max_pixels: int) -> np.ndarray:
+    """A file or URL's image as `image_pixels` makes it."""
+    return image_pixels(fetcher.fetch(source if is_url(source) else str(Path(source).resolve())), size, max_pixels)
+
+
+def image_pixels(data: bytes, size: int, max_pixels: int) -> np.ndarray:
     """uint8 RGB, shorter side to `size` and center-cropped: what validation saw. A large JPEG is decoded at
     a reduced DCT scale (a 100-megapixel photo as ~1.5 MP); more than `max_pixels` is refused from the header."""
-    data = fetcher.fetch(source if is_url(source) else str(Path(source).resolve()))
     return imaging.resize(imaging.decode_rgb(data, target=size, max_pixels=max_pixels), size, "crop")
 
 

@@ -47,7 +47,7 @@ import tempfile
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import apache_beam as beam
 import numpy as np
@@ -63,9 +63,7 @@ from fashion.predict import bundle as prediction
 from fashion.predict.detect import Detector
 from fashion.predict.parquet_shard import Row, Scoring, ShardBuffer, read_state
 from fashion.predict.score import ScoreError, shard_name
-
-if TYPE_CHECKING:
-    from fashion.predict.scorer import Scorer
+from fashion.predict.scorer import Scorer, make_fetcher, prepare
 
 PLANS = "score-plans.jsonl"
 Key = tuple[int, int, int, str, str]  # (shard, its rows, line, id, input): what RunInference carries beside each image
@@ -138,14 +136,9 @@ class Prepare(beam.DoFn):
         self.fetcher: Fetcher | None = None
 
     def setup(self) -> None:
-        cfg = self.cfg
-        self.fetcher = Fetcher(
-            timeout=cfg.timeout, min_bytes=0, max_bytes=cfg.max_bytes, retries=2, pool_size=self.workers
-        )
+        self.fetcher = make_fetcher(self.cfg, self.workers)
 
     def process(self, line: str) -> Iterator[Any]:
-        from fashion.predict.scorer import prepare
-
         plan = json.loads(line)
         k, total = plan["shard"], len(plan["rows"])
         rows = (

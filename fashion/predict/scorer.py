@@ -56,9 +56,7 @@ class Scorer:
             raise ScoreError(f"{bundle.path}: label {clash[0]!r} is also a column of the output; rename the label")
         self.scoring = Scoring(bundle, detector, columns, cfg.batch_size, cfg.tta)
         self.workers = cfg.workers or URL_WORKERS  # until the list's first image says local (_count_rows)
-        self.fetcher = Fetcher(
-            timeout=cfg.timeout, min_bytes=0, max_bytes=cfg.max_bytes, retries=2, pool_size=self.workers
-        )
+        self.fetcher = make_fetcher(cfg, self.workers)
 
     # ---- the list: where it is, how many rows, the same one as before?
     def _list_file(self) -> Path:
@@ -179,7 +177,7 @@ class Scorer:
         started = time.time()
         size = self.cfg.shard_size
         already = sum(min(size, n_rows - k * size) for k in done)
-        code = self._score(self._rows(list_path, done), range(n_shards), n_rows, already, list_path)
+        code = self._score(self._rows(list_path, done), range(n_shards), n_rows, already)
         if code is not None:
             return code
         summary = self._summary(identity, range(n_shards), n_rows, started)
@@ -193,11 +191,8 @@ class Scorer:
         present = {p.name for p in self.out.glob("part-*.parquet")}
         return {k for k in shards if shard_name(k) in present}
 
-    def _score(
-        self, todo: Iterator[Row], shards: range, total: int, initial: int, source: Path | None = None
-    ) -> int | None:
-        """`todo` scored into its shards; None when done, else the exit code of a stop (Ctrl-C, full disk).
-        `source`: the list file `todo` comes from (the Beam engine's workers read it again)."""
+    def _score(self, todo: Iterator[Row], shards: range, total: int, initial: int) -> int | None:
+        """`todo` scored into its shards; None when done, else the exit code of a stop (Ctrl-C, full disk)."""
         bar = tqdm(total=total, initial=initial, unit="img", desc="score", dynamic_ncols=True, file=sys.stderr)
         try:
             if self.cfg.engine == "beam":
@@ -362,7 +357,7 @@ class Scorer:
 
     def _disk_full(self, shards: range) -> int:
         """diskfull's one line (ingestion's): the shards kept and about how much more the rest needs."""
-        kept = [k for k in shards if (self.out / shard_name(k)).is_file()]
+        kept = sorted(self.finished(shards))
         written = sum((self.out / shard_name(k)).stat().st_size for k in kept)
         rows_kept = sum(read_state(self.partial, k)["rows"] for k in kept)
         left = (len(shards) - len(kept)) * self.cfg.shard_size  # at most: the last shard may be shorter
@@ -380,6 +375,11 @@ def _rel(path: str, root: Path) -> str:
 
 def _clear(partial: Location) -> None:
     storage.rmtree(partial)
+
+
+def make_fetcher(cfg: DetectConfig, workers: int) -> Fetcher:
+    """The scoring run's byte source (both engines): --timeout, --max-bytes, two retries, a connection per worker."""
+    return Fetcher(timeout=cfg.timeout, min_bytes=0, max_bytes=cfg.max_bytes, retries=2, pool_size=workers)
 
 
 def prepare(row: Row, fetcher: Fetcher, size: int, max_pixels: int) -> Row:

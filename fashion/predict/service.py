@@ -41,7 +41,6 @@ from fastapi.responses import HTMLResponse
 from starlette.datastructures import UploadFile
 
 from fashion.config.bundle import DetectConfig, ServeConfig
-from fashion.data import imaging
 from fashion.data.fetching import Fetcher, FetchError, timed_out
 from fashion.data.imaging import ImageError
 from fashion.predict import bundle as prediction
@@ -176,10 +175,10 @@ def create_app(cfg: ServeConfig, bundle: prediction.Bundle) -> FastAPI:
             raise HTTPException(401, "missing or wrong API key (X-API-Key header or Authorization: Bearer KEY)")
 
     def pixels(data: bytes) -> np.ndarray:
-        """On a decode thread: what detect.py makes of the same bytes (prediction.load_image)."""
+        """On a decode thread: what detect.py makes of the same bytes (prediction.image_pixels)."""
         if len(data) > cfg.max_bytes:
             raise ImageError(f"too large: {len(data):,} bytes > --max-bytes {cfg.max_bytes:,}")
-        return imaging.resize(imaging.decode_rgb(data, target=size, max_pixels=cfg.max_pixels), size, "crop")
+        return prediction.image_pixels(data, size, cfg.max_pixels)
 
     def fetched(url: str) -> np.ndarray:
         return pixels(fetcher.fetch(url))
