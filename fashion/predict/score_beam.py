@@ -42,6 +42,7 @@ one probability row per image (prediction.predict_arrays, the local engine's cal
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import tempfile
 import threading
@@ -72,20 +73,15 @@ Key = tuple[int, int, int, str, str]  # (shard, its rows, line, id, input): what
 def plan_lines(todo: Iterable[Row]) -> Iterator[str]:
     """One JSON line per shard of `todo` (rows in shard order): {"shard": k, "rows": [[line, id, input,
     reason or null], ...]}; a reason is the list's own (a malformed line), decided by the driver."""
-    current = -1
-    rows: list[list[Any]] = []
-    for row in todo:
-        if row.shard != current and rows:
-            yield json.dumps({"shard": current, "rows": rows}, ensure_ascii=False)
-            rows = []
-        current = row.shard
-        if row.failure is not None:
-            f = row.failure
-            rows.append([f.line, f.id, f.source, f.reason])
-        elif row.item is not None:
-            rows.append([row.item.line, row.item.id, row.item.source, None])
-    if rows:
-        yield json.dumps({"shard": current, "rows": rows}, ensure_ascii=False)
+    for k, rows in itertools.groupby(todo, key=lambda r: r.shard):
+        yield json.dumps({"shard": k, "rows": [_plan_row(r) for r in rows]}, ensure_ascii=False)
+
+
+def _plan_row(row: Row) -> list[Any]:
+    if row.failure is not None:
+        return [row.failure.line, row.failure.id, row.failure.source, row.failure.reason]
+    assert row.item is not None  # (a row holds one or the other)
+    return [row.item.line, row.item.id, row.item.source, None]
 
 
 class BundleHandler(ModelHandler[np.ndarray | str, PredictionResult, prediction.Bundle]):

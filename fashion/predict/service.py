@@ -189,9 +189,10 @@ def create_app(cfg: ServeConfig, bundle: prediction.Bundle) -> FastAPI:
         if kind == "application/json":
             try:
                 urls = (await request.json())["urls"]
-                assert isinstance(urls, list) and all(isinstance(u, str) for u in urls)
-            except Exception:
-                raise HTTPException(400, 'a JSON body must be {"urls": ["https://...", ...]}') from None
+            except Exception:  # not JSON, not an object, no "urls"
+                urls = None
+            if not (isinstance(urls, list) and all(isinstance(u, str) for u in urls)):
+                raise HTTPException(400, 'a JSON body must be {"urls": ["https://...", ...]}')
             bad = [u for u in urls if not prediction.is_url(u)]
             if bad:
                 raise HTTPException(400, f"{bad[0]}: not an http(s) URL")

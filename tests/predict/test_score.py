@@ -50,15 +50,20 @@ def good_lines(server, n: int, prefix: str = "p", route: str = "photos") -> list
     ]
 
 
-def test_a_list_over_http_becomes_parquet_rows_failures_and_a_summary(server, bundle, tmp_path, capsys):
-    lines = good_lines(server, 7) + [
+def bad_lines(server) -> list[str]:
+    """Lines ingestion fails for its own reasons: a 404, an HTML page, a truncated JPEG, a download that stalls,
+    a line without a URL (ids missing, html, cut, stalled, no-url-here)."""
+    return [
         f"missing,{server.url}/status/404",
         f"html,{server.url}/page.jpg",
         f"cut,{server.url}/files/truncated.jpg",
         f"stalled,{server.url}/drip",
         "no-url-here",
-        "ftp,ftp://example.org/a.jpg",
     ]
+
+
+def test_a_list_over_http_becomes_parquet_rows_failures_and_a_summary(server, bundle, tmp_path, capsys):
+    lines = good_lines(server, 7) + bad_lines(server) + ["ftp,ftp://example.org/a.jpg"]
     lst, out = tmp_path / "list.txt", tmp_path / "scored"
     lst.write_text("\n".join(lines) + "\n")
     args = ["--list", str(lst), "--out", str(out), "--model", str(bundle), "--shard-size", "4", "--timeout", "2"]

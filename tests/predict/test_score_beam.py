@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from test_score import LABELS, TIMEOUT, failures_of, good_lines, rows_of, wait_for
+from test_score import LABELS, TIMEOUT, bad_lines, failures_of, good_lines, rows_of, wait_for
 
 from conftest import BUCKET, ROOT, noise_in, tiny_bundle
 from fashion.cli import detect_main
@@ -39,13 +39,7 @@ def assert_same_rows(ours: list[dict], theirs: list[dict]) -> None:
 
 @pytest.mark.slow  # a Beam pipeline: worker processes load TensorFlow and the bundle (~15 s)
 def test_beam_engine_writes_the_local_engines_rows_and_failures(server, bundle, tmp_path, capsys):
-    lines = good_lines(server, 9) + [
-        f"missing,{server.url}/status/404",
-        f"html,{server.url}/page.jpg",
-        f"cut,{server.url}/files/truncated.jpg",
-        f"stalled,{server.url}/drip",
-        "no-url-here",
-    ]
+    lines = good_lines(server, 9) + bad_lines(server)
     lst = tmp_path / "list.txt"
     lst.write_text("\n".join(lines) + "\n")
     common = ["--list", str(lst), "--model", str(bundle), "--shard-size", "4", "--timeout", "2"]
