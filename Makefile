@@ -18,7 +18,7 @@ help:
 	@echo "make clean     - remove data/records, data/cache and caches (keeps .venv)"
 
 # The exact versions CI tested (requirements.txt: a lock with hashes compiled by uv from pyproject.toml's
-# ranges and extras: test, lint, beam, jax, bench, serve), then the project itself in place without dependencies;
+# ranges and extras: test, lint, beam, jax, bench, serve, onnx), then the project itself in place without dependencies;
 # re-installed only when either file changes. `pip install -e .` with pyproject.toml's ranges still works for
 # those who embed the package.
 $(STAMP): pyproject.toml requirements.txt
@@ -31,7 +31,7 @@ $(STAMP): pyproject.toml requirements.txt
 # Refresh the lock from pyproject.toml (newest versions its ranges allow), for every platform and Python
 # it supports; then `make test` to check them before committing it.
 lock: $(STAMP)
-	$(VENV)/bin/uv pip compile pyproject.toml --extra test --extra lint --extra beam --extra jax --extra bench --extra serve \
+	$(VENV)/bin/uv pip compile pyproject.toml --extra test --extra lint --extra beam --extra jax --extra bench --extra serve --extra onnx \
 		--universal --generate-hashes --custom-compile-command "make lock" --quiet -o requirements.txt
 
 # Ingest the shipped sample, train on CPU from the trunk this project ships (offline: no ImageNet

@@ -180,12 +180,14 @@ class EvaluateConfig(_BundleConfig):
     )
     export: list[str] | None = opt(
         None,
-        "write a serving SavedModel (BUNDLE/saved_model/), BUNDLE/model.tflite, or the trunk "
-        "alone in float16 (BUNDLE/trunk-BACKBONE.weights.h5, a start for train.py --weights) "
-        "and exit (repeatable); detect.py --model BUNDLE/model.tflite runs the TFLite one",
+        "write the bundle for serving and exit (repeatable): savedmodel = BUNDLE/saved_model/ for TF Serving "
+        "(serving_default takes photo bytes, returns probabilities and the chosen labels), tflite = "
+        "BUNDLE/model.tflite, onnx = BUNDLE/model.onnx (needs the onnx extra), trunk = the trunk alone in "
+        "float16 (BUNDLE/trunk-BACKBONE.weights.h5, a start for train.py --weights); detect.py --model "
+        "BUNDLE/model.tflite or BUNDLE/model.onnx runs those",
         action="append",
         choices=C.EXPORT_FORMATS,
-        expected="savedmodel, tflite or trunk",
+        expected="savedmodel, tflite, onnx or trunk",
         shown=False,
     )
 

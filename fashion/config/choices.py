@@ -30,4 +30,4 @@ BACKENDS = ("auto", "tensorflow", "jax")
 RESIZE_MODES = ("crop", "stretch", "keep")
 
 # evaluate.py --export
-EXPORT_FORMATS = ("savedmodel", "tflite", "trunk")
+EXPORT_FORMATS = ("savedmodel", "tflite", "onnx", "trunk")

@@ -27,12 +27,13 @@ from fashion.model import meta_json
 from fashion.model.meta_json import BundleMeta
 from fashion.model.tasks.base import Task
 from fashion.model.tasks.registry import get_task
+from fashion.predict.runtimes import RUNTIMES, load_model_file
 
 
 @dataclass
 class Bundle:
     path: Path
-    model: Any  # a Keras model or a TFLiteModel
+    model: Any  # a Keras model, or a TFLiteModel / OnnxModel (fashion.predict.runtimes)
     labels: list[str]
     heads: list[str]
     thresholds: np.ndarray
@@ -68,7 +69,7 @@ def _bundle(folder: Path, model, meta: BundleMeta, meta_path: Path, model_path: 
         folder, model, labels, heads, np.asarray(th, float), meta["input_size"], task, meta.get("backbone", ""), meta
     )
     outputs, side = _model_shape(model)
-    _check_outputs(bundle, outputs, f"{meta_path}: ", model_path.name, named=not isinstance(model, TFLiteModel))
+    _check_outputs(bundle, outputs, f"{meta_path}: ", model_path.name, named=getattr(model, "named_outputs", True))
     if side and side != (bundle.input_size, bundle.input_size):
         raise BundleError(
             f"{meta_path}: input_size {bundle.input_size} but {model_path.name} takes {side[0]}x{side[1]} images"
@@ -77,10 +78,9 @@ def _bundle(folder: Path, model, meta: BundleMeta, meta_path: Path, model_path: 
 
 
 def _model_shape(model) -> tuple[dict[str, Any], tuple[Any, ...] | None]:
-    """({output name: columns}, (height, width) of the input when fixed) of a Keras or TFLite model."""
-    if isinstance(model, TFLiteModel):
-        outs = {k: int(v["shape"][-1]) for k, v in model.runner.get_output_details().items()}
-        shape = list(model.runner.get_input_details()[model.input_name]["shape"])
+    """({output name: columns}, (height, width) of the input when fixed) of a Keras or exported model."""
+    if hasattr(model, "shapes"):  # runtimes.TFLiteModel, runtimes.OnnxModel
+        outs, shape = model.shapes()
     else:
         outs = {n: t.shape[-1] for n, t in zip(model.output_names, model.outputs)}
         shape = list(model.inputs[0].shape)
@@ -141,10 +141,11 @@ def newest_bundle(model_save: str | Path = "model_save") -> Path:
 
 
 def load_bundle(path: str | Path | None = None, model_save: str | Path = "model_save") -> Bundle:
-    """A bundle folder (or its model.keras, or a .tflite beside meta.json), checked; BundleError naming the file."""
+    """A bundle folder (or its model.keras, or a .tflite/.onnx export beside meta.json), checked; BundleError
+    naming the file."""
     folder = Path(path) if path else newest_bundle(model_save)
-    if folder.suffix == ".tflite":
-        return load_tflite_bundle(folder)
+    if folder.suffix in RUNTIMES:
+        return load_file_bundle(folder)
     if folder.suffix == ".keras":
         folder = folder.parent
     meta_path, model_path = folder / meta_json.META, folder / "model.keras"
@@ -209,59 +210,12 @@ def top_k(probs: np.ndarray, names: list[str], k: int) -> list[tuple[str, float]
     return [(names[i], float(probs[i])) for i in order]
 
 
-class TFLiteModel:
-    """A .tflite export behind the same `predict_on_batch` as a Keras model (dict of head outputs)."""
-
-    def __init__(self, path: Path):
-        import tensorflow as tf
-
-        self.interpreter = tf.lite.Interpreter(model_path=str(path))
-        self.runner = self.interpreter.get_signature_runner("serving_default")
-        self.input_name = self.interpreter.get_signature_list()["serving_default"]["inputs"][0]
-
-    def predict_on_batch(self, images: np.ndarray) -> dict:
-        return self.runner(**{self.input_name: np.ascontiguousarray(images, dtype=np.uint8)})
-
-
-def load_tflite_bundle(path: Path) -> Bundle:
+def load_file_bundle(path: Path) -> Bundle:
+    """A .tflite or .onnx export with the meta.json beside it (evaluate.py --export writes both there)."""
     meta_path = path.parent / meta_json.META
     if not path.is_file():
         raise BundleError(f"{path}: missing")
     if not meta_path.is_file():
         raise BundleError(f"{path}: no meta.json beside it (labels and thresholds come from there)")
     meta = meta_json.read(meta_path)
-    try:
-        model = TFLiteModel(path)
-    except (ValueError, RuntimeError, KeyError, IndexError) as e:
-        raise BundleError(
-            f"{path}: damaged: not a readable TFLite model ({str(e).strip().splitlines()[0][:200]})"
-        ) from None
-    return _bundle(path.parent, model, meta, meta_path, path)
-
-
-def export_bundle(bundle: Bundle, fmt: str) -> Path:
-    """`savedmodel` -> BUNDLE/saved_model/ (serving signature); `tflite` -> BUNDLE/model.tflite;
-    `trunk` -> BUNDLE/trunk-BACKBONE.weights.h5 (the trunk alone, float16: a start for --weights)."""
-    import shutil
-    import tempfile
-
-    from fashion.core.fileio import atomic_write_bytes
-    from fashion.model.network import export_trunk
-
-    if fmt not in ("savedmodel", "tflite", "trunk"):
-        raise ValueError(f"--export must be savedmodel, tflite or trunk, got {fmt!r}")
-    if fmt == "trunk":
-        return export_trunk(bundle.model, bundle.path / f"trunk-{bundle.backbone or 'model'}.weights.h5")
-    with tempfile.TemporaryDirectory(dir=bundle.path, prefix=".export-") as tmp:
-        saved = Path(tmp) / "saved_model"
-        bundle.model.export(str(saved), format="tf_saved_model", verbose=False)
-        if fmt == "savedmodel":
-            target = bundle.path / "saved_model"
-            shutil.rmtree(target, ignore_errors=True)
-            saved.rename(target)  # same folder: a rename, never a half-copied export
-            return target
-        import tensorflow as tf
-
-        target = bundle.path / "model.tflite"
-        atomic_write_bytes(target, tf.lite.TFLiteConverter.from_saved_model(str(saved)).convert())
-        return target
+    return _bundle(path.parent, load_model_file(path), meta, meta_path, path)

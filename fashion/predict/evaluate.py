@@ -33,6 +33,7 @@ from fashion.model import meta_json, plots
 from fashion.model.tasks.base import Task
 from fashion.model.tasks.registry import get_task
 from fashion.predict import bundle as prediction
+from fashion.predict.export import export_bundle
 
 
 @dataclass
@@ -222,7 +223,7 @@ def run(cfg: EvaluateConfig) -> int:
     interrupts.check()  # a Ctrl-C dropped while TensorFlow loaded
     if cfg.export:
         for fmt in cfg.export:
-            print(f"exported {fmt}: {prediction.export_bundle(bundle, fmt)}")
+            print(f"exported {fmt}: {export_bundle(bundle, fmt)}")
         return EXIT_OK
     ev = score(bundle, cfg.data, cfg.split, cfg.threshold, cfg.top_k)
     print_summary(ev.result)

@@ -242,18 +242,53 @@ def test_evaluate_writes_metrics_plots_and_top_losses(bundle, dataset, tmp_path,
 
 
 @pytest.mark.slow
-def test_tflite_export_agrees_with_keras(bundle, tmp_path):
+def test_exports_agree_with_keras_and_the_savedmodel_takes_photo_bytes(bundle, tmp_path):
+    """TFLite and ONNX (run by detect.py) and the SavedModel's serving_default (photo bytes in, TensorFlow
+    decoding) give detect.py's probabilities and labels; the array signature stays as serving_arrays."""
+    import cv2
+    import tensorflow as tf
+
     from fashion.cli import evaluate_main
 
     work = tmp_path / "b"
     shutil.copytree(bundle, work)
-    assert evaluate_main(["--model", str(work), "--export", "tflite", "--export", "savedmodel"]) == 0
-    assert (work / "model.tflite").is_file() and (work / "saved_model" / "saved_model.pb").is_file()
-    a, b = tmp_path / "keras.json", tmp_path / "tflite.json"
-    assert detect_main([*photos(3), "--model", str(work), "--json", str(a), "--quiet"]) == 0
-    assert detect_main([*photos(3), "--model", str(work / "model.tflite"), "--json", str(b), "--quiet"]) == 0
-    ka, kb = json.loads(a.read_text()), json.loads(b.read_text())
-    for src in ka:
-        for label in LABELS:
-            assert kb[src]["probabilities"][label] == pytest.approx(ka[src]["probabilities"][label], abs=1e-4)
-        assert kb[src]["labels"] == ka[src]["labels"]
+    assert (
+        evaluate_main(["--model", str(work), *("--export", "tflite", "--export", "savedmodel", "--export", "onnx")])
+        == 0
+    )
+    assert not [p.name for p in work.iterdir() if p.name.startswith(".")]  # no temporary export left
+    # a transparent PNG (composited on white by both decoders) beside the sample's JPEGs
+    rgba = cv2.cvtColor(cv2.imread(photos(1)[0]), cv2.COLOR_BGR2BGRA)
+    rgba[:, : rgba.shape[1] // 2, 3] = 60
+    cv2.imwrite(str(tmp_path / "half.png"), rgba)
+    inputs = [*photos(6), str(tmp_path / "half.png")]
+    got = {}
+    for name, model in (("keras", work), ("tflite", work / "model.tflite"), ("onnx", work / "model.onnx")):
+        assert detect_main([*inputs, "--model", str(model), "--json", str(tmp_path / f"{name}.json"), "--quiet"]) == 0
+        got[name] = json.loads((tmp_path / f"{name}.json").read_text())
+    ref = got["keras"]
+    for name in ("tflite", "onnx"):
+        for src in inputs:
+            for label in LABELS:
+                assert got[name][src]["probabilities"][label] == pytest.approx(
+                    ref[src]["probabilities"][label], abs=1e-4
+                )
+            assert got[name][src]["labels"] == ref[src]["labels"], name
+
+    saved = tf.saved_model.load(str(work / "saved_model"))
+    assert {"serving_default", "serving_arrays"} <= set(saved.signatures)
+    out = saved.signatures["serving_default"](photos=tf.constant([open(p, "rb").read() for p in inputs]))
+    meta = json.loads((work / "meta.json").read_text())
+    assert [c.decode() for c in out["classes"].numpy()[0]] == LABELS
+    np.testing.assert_allclose(out["thresholds"].numpy()[0], meta["thresholds"], atol=1e-6)
+    for i, src in enumerate(inputs):
+        want = [ref[src]["probabilities"][label] for label in LABELS]
+        np.testing.assert_allclose(out["probabilities"].numpy()[i], want, atol=1e-5, err_msg=src)
+        assert out["labels"].numpy()[i].decode() == ",".join(ref[src]["labels"]), src
+    arrays = np.stack([cv2.cvtColor(cv2.imread(p), cv2.COLOR_BGR2RGB)[:32, :32] for p in photos(2)])
+    heads = saved.signatures["serving_arrays"](image=tf.constant(arrays))
+    direct = keras.saving.load_model(work / "model.keras", compile=False).predict_on_batch(arrays)
+    for h in head_names(LABELS):
+        np.testing.assert_allclose(heads[h].numpy(), direct[h], atol=1e-5)
+    with pytest.raises(tf.errors.InvalidArgumentError):  # not a photo: TF Serving answers with the error
+        saved.signatures["serving_default"](photos=tf.constant([b"not an image"]))
