@@ -30,8 +30,8 @@ sys.path.insert(0, str(ROOT))
 
 from fashion.data import pipeline, records  # noqa: E402
 from fashion.model import metrics  # noqa: E402
-from fashion.predict import bundle as prediction  # noqa: E402
 from fashion.predict import export  # noqa: E402
+from fashion.predict.bundle import image_pixels, load_bundle, predict_arrays  # noqa: E402
 from fashion.predict.runtimes import OnnxModel  # noqa: E402
 
 
@@ -74,14 +74,14 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp) / "bundle"
         shutil.copytree(args.model, work, ignore=shutil.ignore_patterns("saved_model", "*.onnx", "*.tflite"))
-        bundle = prediction.load_bundle(work)
+        bundle = load_bundle(work)
         photos, y = split_photos(Path(args.data), args.split, len(bundle.labels))
         size, bs = bundle.input_size, args.batch_size
         print(f"{len(photos)} photos of {args.data}/{args.split}, {bundle.backbone} at {size} px")
 
-        arrays = np.stack([prediction.image_pixels(p, size, 64_000_000) for p in photos])
+        arrays = np.stack([image_pixels(p, size, 64_000_000) for p in photos])
         batches = [arrays[i : i + bs] for i in range(0, len(arrays), bs)]
-        cv = np.concatenate([prediction.predict_arrays(bundle, b) for b in batches])
+        cv = np.concatenate([predict_arrays(bundle, b) for b in batches])
 
         serve = tf.saved_model.load(str(export.export_bundle(bundle, "savedmodel"))).signatures["serving_default"]
         outs = [serve(photos=tf.constant(photos[i : i + bs])) for i in range(0, len(photos), bs)]
@@ -103,7 +103,10 @@ def main() -> None:
         ("photos", f"{len(photos)} ({args.split})"),
         ("decode: max / mean abs(p_TF - p_OpenCV)", f"{diff.max():.2e} / {diff.mean():.2e}"),
         ("decode: chosen labels equal", f"{agree:.1%} of photos"),
-        ("decode: mAP OpenCV (detect.py) / TF (serving_default)", f"{map_cv:.4f} / {map_tf:.4f} (Δ {map_tf - map_cv:+.4f})"),
+        (
+            "decode: mAP OpenCV (detect.py) / TF (serving_default)",
+            f"{map_cv:.4f} / {map_tf:.4f} (Δ {map_tf - map_cv:+.4f})",
+        ),
         ("onnx: max abs(p_ONNX - p_Keras)", f"{np.abs(ox - cv).max():.2e} (target <= 1e-4)"),
         (f"onnx: images/s at batch {bs} (Keras / onnxruntime)", f"{keras_rate:.1f} / {onnx_rate:.1f}"),
         ("onnx: onnxruntime / Keras", f"{onnx_rate / keras_rate:.2f}x"),

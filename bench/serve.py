@@ -8,11 +8,13 @@ Builds a 64 px DenseNet121 bundle of the defaults with fixed random weights (the
 the weights) unless --model is given. Measured in one run, one after the other, on the same photos:
   detect   `detect.py PHOTOS --quiet --json` (batches of 32): the marginal rate between two numbers of
            photos (TensorFlow's import and the bundle's load are not throughput);
+  model    the bundle's predict_on_batch alone at batch --clients: one-photo clients never fill more than
+           that many photos into a batch, so the service cannot pass this rate;
   service  serve.py on 127.0.0.1, --clients (8) threads each posting one photo at a time (raw body),
-           --requests photos in all: photos/s, and its ratio to detect (target >= 0.8);
+           --requests photos in all: photos/s, and its ratio to detect (target >= 0.8) and to the model;
   latency  one client, one photo at a time: p50 and p99 of --latency-requests requests;
-  soak     --soak-clients (64) clients for --soak-seconds (60): errors, and the service's RSS at the
-           start and the end of the minute (target: no error, flat).
+  soak     --soak-clients (64) clients for --soak-seconds (60): errors, the service's RSS at the
+           start and the end of the minute (target: no error, flat), and its photos/s.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ import requests
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from ingest import run_child  # noqa: E402  (bench/ingest.py: child timing)
-from score import SHARED, make_bundle, photo_paths  # noqa: E402  (bench/score.py: the bundle, the photos)
+from score import SHARED, ceiling, make_bundle, photo_paths  # noqa: E402  (bench/score.py: bundle, photos, model)
 
 
 def detect_rate(bundle: Path, paths: list[Path], n1: int, n2: int, tmp: Path) -> float:
@@ -143,11 +145,17 @@ def main() -> None:
         print(f"{date.today()}, {len(paths)} photos from {args.photos}", flush=True)
         ref = detect_rate(bundle, paths, n1, n2, tmp)
         print(f"detect.py batches: {ref:.1f} img/s", flush=True)
+        # one-photo clients never fill more than `clients` photos in a batch: the model's own rate there
+        small = ceiling(bundle, paths[:n1], args.clients)
+        print(f"the model alone at batch {args.clients}: {small:.1f} img/s ({small / ref:.2f}x detect.py)", flush=True)
         proc, url = start_service(bundle)
         try:
             throughput(url, photos[:64], args.clients, 64)  # warm: the graph is built outside the clock
             rate = throughput(url, photos, args.clients, args.requests)
-            print(f"serve.py, {args.clients} clients: {rate:.1f} img/s = {rate / ref:.2f}x detect.py (target >= 0.8)")
+            print(
+                f"serve.py, {args.clients} clients: {rate:.1f} img/s = {rate / ref:.2f}x detect.py (target >= 0.8), "
+                f"{rate / small:.2f}x the model at batch {args.clients}"
+            )
             with requests.Session() as s:
                 times = sorted(post(s, url, photos[i % len(photos)]) for i in range(args.latency_requests))
             p50, p99 = times[len(times) // 2], times[int(len(times) * 0.99) - 1]
@@ -155,7 +163,8 @@ def main() -> None:
             n, errors, rss0, rss1 = soak(url, proc.pid, photos, args.soak_clients, args.soak_seconds)
             print(
                 f"serve.py, {args.soak_clients} clients for {args.soak_seconds:.0f} s: {n} answered, {errors} errors; "
-                f"RSS {rss0:.0f} -> {rss1:.0f} MiB ({rss1 / rss0:.2f}x)"
+                f"RSS {rss0:.0f} -> {rss1:.0f} MiB ({rss1 / rss0:.2f}x); "
+                f"{n / args.soak_seconds:.1f} img/s = {n / args.soak_seconds / ref:.2f}x detect.py"
             )
         finally:
             proc.terminate()

@@ -49,11 +49,30 @@ def sigint_left_as_found(request):
         warnings.warn(f"{request.node.nodeid} left the SIGINT handler as {after!r}; put back", stacklevel=1)
 
 
+# The longest tests, longest first (seconds each in a whole `make test` on 2 cores, 2026-12-07): they start
+# first, one per test process, so that neither process ends the run alone in a 5-minute test.
+LONGEST = (
+    "test_demo_learns_more_than_the_baselines_and_prints_no_noise",  # 338
+    "test_train_py_on_two_logical_cpus_writes_a_bundle",  # 184
+    "test_ctrl_c_on_the_jax_backend_stops_training_and_resume_finishes",  # 153
+    "test_a_killed_worker_stops_the_other_and_resume_finishes_with_one_bundle",  # 152
+    "test_two_processes_train_like_one_with_the_summed_batch",  # 148
+    "test_two_replicas_train_like_one_device_with_the_summed_batch",  # 143
+    "test_exports_agree_with_keras_and_the_savedmodel_takes_photo_bytes",
+    "test_ctrl_c_then_resume_continues_epochs_and_optimizer",  # 118
+)
+
+
 def pytest_collection_modifyitems(config, items):
-    """The slow tests first (file order kept within each group): the two test processes of `make test`
-    take the long trainings one by one from the start and the quick tests fill the gaps at the end,
-    instead of one process finishing a 5-minute test alone while the other idles."""
-    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+    """The slow tests first, the longest of them (LONGEST) in front (file order kept otherwise): the two
+    test processes of `make test` take the long trainings one by one from the start and the quick tests
+    fill the gaps at the end, instead of one process finishing a 5-minute test alone while the other idles."""
+
+    def order(item) -> tuple[bool, int]:
+        name = getattr(item, "originalname", item.name)
+        return item.get_closest_marker("slow") is None, LONGEST.index(name) if name in LONGEST else len(LONGEST)
+
+    items.sort(key=order)
 
 
 def run(args: list[str], env: dict[str, str] | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
