@@ -282,8 +282,10 @@ def dataset(tmp_path_factory):
     return out
 
 
-def tiny_bundle(folder: Path, thresholds: list[float] | None = None, seed: int = 3) -> Path:
-    """A real bundle (model.keras + meta.json) of an untrained 32 px DenseNet121 over the sample's 13 labels,
+def tiny_bundle(
+    folder: Path, thresholds: list[float] | None = None, seed: int = 3, backbone: str = "densenet121"
+) -> Path:
+    """A real bundle (model.keras + meta.json) of an untrained 32 px `backbone` over the sample's 13 labels,
     as train.py lays one out; `thresholds` default: the first three always pass, the rest never."""
     import keras
 
@@ -294,7 +296,7 @@ def tiny_bundle(folder: Path, thresholds: list[float] | None = None, seed: int =
     labels = (SAMPLE / "labels.txt").read_text().split()
     folder.mkdir(parents=True, exist_ok=True)
     keras.utils.set_random_seed(seed)
-    model_lib.build_model(labels, image_size=32).save(folder / "model.keras")
+    model_lib.build_model(labels, backbone=backbone, image_size=32).save(folder / "model.keras")
     th = thresholds if thresholds is not None else [0.0] * 3 + [1.0] * 10
     atomic_write_json(
         folder / "meta.json", {"labels": labels, "heads": head_names(labels), "thresholds": th, "input_size": 32}
