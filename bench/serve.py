@@ -46,9 +46,9 @@ def detect_rate(bundle: Path, paths: list[Path], n1: int, n2: int, tmp: Path) ->
     return (n2 - n1) / max(once(n2) - once(n1), 1e-9)
 
 
-def start_service(bundle: Path) -> tuple[subprocess.Popen, str]:
+def start_service(bundle: Path, extra: list[str]) -> tuple[subprocess.Popen, str]:
     proc = subprocess.Popen(
-        [sys.executable, "serve.py", "--model", str(bundle), "--port", "0"],
+        [sys.executable, "serve.py", "--model", str(bundle), "--port", "0", *extra],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
@@ -134,7 +134,8 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=1000)
     ap.add_argument("--latency-requests", type=int, default=200)
     ap.add_argument("--soak-clients", type=int, default=64)
-    ap.add_argument("--soak-seconds", type=float, default=60)
+    ap.add_argument("--soak-seconds", type=float, default=60, help="0: no soak")
+    ap.add_argument("--serve-args", default="", help='more options of serve.py, e.g. "--batch-wait-ms 2"')
     args = ap.parse_args()
     n1, n2 = args.images
     paths = photo_paths(args.photos, max(n2, args.requests))
@@ -148,7 +149,7 @@ def main() -> None:
         # one-photo clients never fill more than `clients` photos in a batch: the model's own rate there
         small = ceiling(bundle, paths[:n1], args.clients)
         print(f"the model alone at batch {args.clients}: {small:.1f} img/s ({small / ref:.2f}x detect.py)", flush=True)
-        proc, url = start_service(bundle)
+        proc, url = start_service(bundle, args.serve_args.split())
         try:
             throughput(url, photos[:64], args.clients, 64)  # warm: the graph is built outside the clock
             rate = throughput(url, photos, args.clients, args.requests)
@@ -160,6 +161,8 @@ def main() -> None:
                 times = sorted(post(s, url, photos[i % len(photos)]) for i in range(args.latency_requests))
             p50, p99 = times[len(times) // 2], times[int(len(times) * 0.99) - 1]
             print(f"serve.py, 1 client: p50 {1000 * p50:.1f} ms, p99 {1000 * p99:.1f} ms", flush=True)
+            if args.soak_seconds <= 0:
+                return
             n, errors, rss0, rss1 = soak(url, proc.pid, photos, args.soak_clients, args.soak_seconds)
             print(
                 f"serve.py, {args.soak_clients} clients for {args.soak_seconds:.0f} s: {n} answered, {errors} errors; "

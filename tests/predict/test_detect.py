@@ -244,14 +244,13 @@ def test_evaluate_writes_metrics_plots_and_top_losses(bundle, dataset, tmp_path,
 @pytest.mark.slow
 def test_exports_agree_with_keras_and_the_savedmodel_takes_photo_bytes(tmp_path):
     """TFLite and ONNX (run by detect.py) and the SavedModel's serving_default (photo bytes in, TensorFlow
-    decoding) give detect.py's probabilities and labels; the array signature stays as serving_arrays.
-    On MobileNetV2: the converters' time grows with the graph, and DenseNet121's is three times larger."""
+    decoding) give detect.py's probabilities and labels; the array signature stays as serving_arrays."""
     import cv2
     import tensorflow as tf
 
     from fashion.cli import evaluate_main
 
-    work = tiny_bundle(tmp_path / "b", backbone="mobilenetv2")
+    work = tiny_bundle(tmp_path / "b")
     assert (
         evaluate_main(["--model", str(work), *("--export", "tflite", "--export", "savedmodel", "--export", "onnx")])
         == 0

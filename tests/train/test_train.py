@@ -283,10 +283,16 @@ def test_ctrl_c_then_resume_continues_epochs_and_optimizer(dataset, tmp_path):
     rows = history.read_text().splitlines()
     assert [r.split(",")[0] for r in rows[1:]] == ["0", "1", "2"], rows
     steps = -(-160 // 16)
-    from fashion.train import optim, schedules  # noqa: F401  registers the optimiser and schedule to load
-
-    last = keras.saving.load_model(ms / "r" / "last.keras")
+    last = load_checkpoint(ms / "r" / "last.keras")
     assert int(np.asarray(last.optimizer.iterations)) == 3 * steps, "optimizer state carried across the stop"
+
+
+def load_checkpoint(path):
+    """A checkpoint as train.py resumes it: its optimiser and schedule are this package's registered classes,
+    which only an import registers (the test process may not have imported them yet)."""
+    from fashion.train import optim, schedules  # noqa: F401
+
+    return keras.saving.load_model(path)
 
 
 def _interrupt_after_first_epoch(proc: subprocess.Popen, history, into: float = 1.0) -> None:
@@ -331,7 +337,7 @@ def test_ctrl_c_on_the_jax_backend_stops_training_and_resume_finishes(dataset, t
     assert proc.returncode == 0, text
     rows = history.read_text().splitlines()
     assert [r.split(",")[0] for r in rows[1:]] == [str(e) for e in range(epochs)], rows
-    last = keras.saving.load_model(ms / "j" / "last.keras")
+    last = load_checkpoint(ms / "j" / "last.keras")
     # whole batches on JAX; the steps taken before Ctrl-C were saved with the optimiser, not retrained
     assert int(np.asarray(last.optimizer.iterations)) == epochs * (160 // batch)
 
