@@ -59,6 +59,8 @@ def train_args(data: Path, tmp_path: Path, *more: str) -> list[str]:
         "--data",
         str(data),
         *TINY_TRAIN,
+        "--backbone",
+        "mobilenetv2",  # the faults are checked here, not the trunk: the lighter one
         "--batch-size",
         "32",
         "--run",
