@@ -67,6 +67,17 @@ class TrainConfig(_Config):
     )
     image_size: int = opt(224, "input side in pixels (random crops of the stored images)", group=MODEL, metavar="PX")
     head_dropout: float = opt(0.0, "dropout before each head's Dense", group=MODEL, metavar="P")
+    head: str = opt(
+        "gap",
+        "how each multi-label head pools: gap (average, then Dense 1: the original design) or csra "
+        "(class-specific residual attention: the average plus --csra-lambda x an attention-weighted score)",
+        group=MODEL,
+        choices=C.HEADS,
+    )
+    csra_lambda: float = opt(0.1, "--head csra: weight of the attention term", group=MODEL, metavar="L")
+    csra_temperature: float = opt(
+        1.0, "--head csra: softmax temperature over the locations (99: max pooling)", group=MODEL, metavar="T"
+    )
     epochs: int = opt(4, "epochs when --stages is not given", group=TRAINS, metavar="N")
     layers: str = opt(
         "all",

@@ -24,6 +24,7 @@ import keras
 
 from fashion.config.choices import BACKBONES, TASKS  # noqa: F401  (TASKS re-exported)
 from fashion.core.errors import FashionError
+from fashion.model.tasks.base import GAP, HeadSpec
 from fashion.model.tasks.registry import get_task
 
 MODEL_SAVE = Path("model_save")
@@ -226,6 +227,7 @@ def build_model(
     head_dropout: float = 0.0,
     task: str = "multilabel",
     alpha: float = 1.0,
+    head: HeadSpec = GAP,
 ) -> keras.Model:
     """Trunk + the heads of `task`.
 
@@ -238,6 +240,7 @@ def build_model(
       task: multilabel (one sigmoid head per class), multiclass (one softmax over the
         classes) or binary (one sigmoid; on two classes the positive class is the second).
       alpha: MobileNetV2 width multiplier.
+      head: how each multi-label head pools (layers.HeadSpec: gap, or csra with its λ and T).
     Returns:
       A Model from uint8 RGB images (B, S, S, 3) to a dict {head name: (B, 1) sigmoid}
       (multilabel), (B, K) softmax probabilities (multiclass) or (B, 1) (binary).
@@ -246,7 +249,7 @@ def build_model(
     inputs = keras.Input((image_size, image_size, 3), dtype="uint8", name="image")
     x = preprocess(inputs, backbone)
     trunk = build_trunk(backbone, image_size, weights, alpha)
-    outputs = spec.build_heads(trunk(x), head_dropout)
+    outputs = spec.build_heads(trunk(x), head_dropout, head)
     return keras.Model(inputs, outputs, name=spec.model_name(backbone))
 
 

@@ -35,7 +35,7 @@ from fashion.core.errors import EXIT_FATAL, EXIT_INTERRUPTED, EXIT_OK, EXIT_WORK
 from fashion.data import dataset_json, pipeline
 from fashion.data.dataset_json import DatasetManifest
 from fashion.model import meta_json, network as model_lib
-from fashion.model.tasks.base import Task, Weights
+from fashion.model.tasks.base import HeadSpec, Task, Weights
 from fashion.model.tasks.registry import get_task, resolve_task
 from fashion.train.callbacks import Checkpoints, CtrlC, EpochEval, Progress, Tee
 from fashion.train.devices import check_devices, setup_device
@@ -305,8 +305,16 @@ class Trainer:
     def _build(self, st: TrainState):
         cfg = self.cfg
         notop, bundle = st.pretrained
+        head = HeadSpec(cfg.head, cfg.csra_lambda, cfg.csra_temperature)
         model = model_lib.build_model(
-            st.task.labels, cfg.backbone, cfg.image_size, notop, cfg.head_dropout, task=st.task.name, alpha=cfg.alpha
+            st.task.labels,
+            cfg.backbone,
+            cfg.image_size,
+            notop,
+            cfg.head_dropout,
+            task=st.task.name,
+            alpha=cfg.alpha,
+            head=head,
         )
         if bundle:
             model_lib.load_trunk_from_bundle(model, bundle)

@@ -18,6 +18,27 @@ import numpy as np
 
 from fashion.model.meta_json import BundleMeta
 
+
+@dataclass(frozen=True)
+class HeadSpec:
+    """How each multi-label head pools its feature map into one logit.
+
+    Args:
+      kind: "gap" (global average pooling, then Dense 1: the original design) or "csra" (the average
+        plus `lam` times an attention-weighted score, Zhu & Wu, ICCV 2021). Defaults to "gap".
+      lam: CSRA's λ, the weight of the attention term. Defaults to 0.1 (the paper's single-head setting).
+      temperature: CSRA's T; 99 or more is max pooling. Defaults to 1.0.
+
+    >>> HeadSpec("csra").lam
+    0.1
+    """
+
+    kind: str = "gap"
+    lam: float = 0.1
+    temperature: float = 1.0
+
+
+GAP = HeadSpec()  # the original design's pooling
 HEAD_PREFIX = "head_"  # every head layer's name starts with it; the rest of the model is trunk
 INPUT_NOTE = "uint8 RGB, resized/cropped square; the model normalises inside"
 RUN_FIELDS = ("dataset", "config", "command", "created", "cluster")  # meta.json's closing fields, every task's
@@ -102,8 +123,9 @@ class Task:
     def model_name(self, backbone: str) -> str:
         return f"fashion_{backbone}_{self.name}"
 
-    def build_heads(self, features, dropout: float):
-        """The head layers on the trunk's feature map; returns the model's outputs."""
+    def build_heads(self, features, dropout: float, head: HeadSpec = GAP):
+        """The head layers on the trunk's feature map; returns the model's outputs. `head` other than GAP:
+        multilabel only."""
         raise NotImplementedError
 
     def to_probs(self, out) -> np.ndarray:

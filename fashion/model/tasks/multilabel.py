@@ -11,8 +11,9 @@ import keras
 import numpy as np
 
 from fashion.model import losses, metrics, plots
+from fashion.model.layers import CSRA
 from fashion.model.meta_json import BundleMeta
-from fashion.model.tasks.base import Task, Validation, Weights, fmt, head_names, run_fields
+from fashion.model.tasks.base import GAP, HeadSpec, Task, Validation, Weights, fmt, head_names, run_fields
 
 HEAD_FILTERS = 64
 
@@ -37,15 +38,22 @@ class MultiLabel(Task):
     def model_name(self, backbone: str) -> str:
         return f"fashion_{backbone}"
 
-    def build_heads(self, features, dropout: float) -> dict:
-        """Per label: Conv2D 3x3 (64, ReLU) -> global average pooling -> Dense 1 sigmoid, `head_<label>`."""
+    def build_heads(self, features, dropout: float, head: HeadSpec = GAP) -> dict:
+        """Per label: Conv2D 3x3 (64, ReLU) -> global average pooling -> Dense 1 sigmoid, `head_<label>`;
+        `head.kind` "csra": the pooling and the Dense are one CSRA layer, then the sigmoid."""
         outputs = {}
         for name in self.heads:
             h = keras.layers.Conv2D(HEAD_FILTERS, 3, padding="same", activation="relu", name=f"{name}_conv")(features)
+            # float32 output even under mixed precision: sigmoid + log in the loss need the range
+            if head.kind == "csra":
+                if dropout:
+                    h = keras.layers.Dropout(dropout, name=f"{name}_drop")(h)
+                logit = CSRA(head.lam, head.temperature, dtype="float32", name=f"{name}_csra")(h)
+                outputs[name] = keras.layers.Activation("sigmoid", dtype="float32", name=name)(logit)
+                continue
             h = keras.layers.GlobalAveragePooling2D(name=f"{name}_pool")(h)
             if dropout:
                 h = keras.layers.Dropout(dropout, name=f"{name}_drop")(h)
-            # float32 output even under mixed precision: sigmoid + log in the loss need the range
             outputs[name] = keras.layers.Dense(1, activation="sigmoid", dtype="float32", name=name)(h)
         return outputs
 

@@ -15,7 +15,7 @@ from fashion.core import fileio
 from fashion.core.errors import TrainError
 from fashion.model import losses, metrics, plots
 from fashion.model.meta_json import BundleMeta
-from fashion.model.tasks.base import Task, Validation, Weights, run_fields
+from fashion.model.tasks.base import GAP, HeadSpec, Task, Validation, Weights, run_fields
 
 VALIDATION_KEYS = (
     "accuracy",
@@ -55,7 +55,9 @@ class SingleLabel(Task):
 
     # ------------------------------------------------------------------ model and probabilities
 
-    def build_heads(self, features, dropout: float):
+    def build_heads(self, features, dropout: float, head: HeadSpec = GAP):
+        if head.kind != "gap":
+            raise TrainError(f"--head {head.kind} is for multi-label heads; the {self.name} task pools with gap")
         h = keras.layers.GlobalAveragePooling2D(name="head_pool")(features)
         if dropout:
             h = keras.layers.Dropout(dropout, name="head_drop")(h)
