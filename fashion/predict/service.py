@@ -275,17 +275,25 @@ def replayed(request: Request, body: bytes) -> Request:
     return Request(request.scope, receive)
 
 
+def listen_socket(host: str, port: int) -> socket.socket:
+    """The service's bound socket (port 0: a free one); a port in use is an OSError naming it."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    # IPPROTO_TCP named, not 0: asyncio turns Nagle off (TCP_NODELAY) only on sockets whose proto says TCP;
+    # without it every answer on a kept-alive connection waited ~40 ms for the client's delayed ACK
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as e:
+        sock.close()
+        raise OSError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
+    return sock
+
+
 def run(cfg: ServeConfig) -> int:
     """serve.py: load the bundle (a damaged one goes up as BundleError: one line, exit 2), bind the socket (a
     port in use: OSError, one line), then serve until SIGINT/SIGTERM, which drain and return 0."""
-    family = socket.AF_INET6 if ":" in cfg.host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:  # first: a port in use is said at once, not after the model has loaded
-        sock.bind((cfg.host, cfg.port))
-    except OSError as e:
-        sock.close()
-        raise OSError(f"cannot listen on {cfg.host}:{cfg.port}: {e.strerror or e}") from None
+    sock = listen_socket(cfg.host, cfg.port)  # first: a port in use is said at once, not after the model loads
     try:
         bundle = prediction.load_bundle(cfg.model, cfg.model_save)
     except BaseException:

@@ -4,11 +4,13 @@ under concurrent clients, the key, the page, SIGTERM; and the page driven in a r
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
 import shutil
 import signal
+import socket
 import struct
 import subprocess
 import sys
@@ -23,6 +25,7 @@ import requests
 
 from conftest import ROOT, SAMPLE, awkward_files, tiny_bundle
 from fashion.cli import detect_main
+from fashion.predict.service import listen_socket
 
 pytest.importorskip("fastapi", reason="the serve extra (make test installs it)")
 
@@ -246,3 +249,29 @@ def test_the_page_in_a_real_browser_shows_detect_pys_tags(service, detected):
         assert "constant" in shown["shoes"].text and "threshold 0.300" in shown["bag"].text
     finally:
         browser.quit()
+
+
+def test_answers_on_a_kept_alive_connection_are_not_held_by_nagle():
+    """The service's connections have TCP_NODELAY: asyncio sets it only where the socket's proto is TCP,
+    and a socket made with proto 0 kept every answer on a kept-alive connection ~40 ms (delayed ACK)."""
+
+    async def main() -> int:
+        seen: list[int] = []
+
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            conn = writer.get_extra_info("socket")
+            seen.append(conn.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+            writer.close()
+
+        sock = listen_socket("127.0.0.1", 0)
+        server = await asyncio.start_server(handle, sock=sock)
+        _, writer = await asyncio.wait_for(asyncio.open_connection(*sock.getsockname()), 10)
+        for _ in range(100):
+            if seen:
+                break
+            await asyncio.sleep(0.05)
+        writer.close()
+        server.close()
+        return seen[0]
+
+    assert asyncio.run(main()) != 0
