@@ -60,7 +60,8 @@ demo: $(STAMP)
 	@echo "  python evaluate.py --model model_save/$(DEMO_RUN) --data data/records --out report/$(DEMO_RUN)"
 
 # Two test processes (pytest-xdist): most tests wait on a TensorFlow start-up or a child process, so two
-# at once fit CI's 2 cores (fresh clone, 2026-12-07: 24 min with the install here, 185 tests; CI ran 16 min).
+# at once fit CI's 2 cores (fresh clone here, 2026-12-07, 194 tests: pytest 25:41 with the machine quiet,
+# 32:55 in a slow hour when every test took 20-50 % longer; the install is ~1 min with uv).
 # PYTEST_ARGS= runs serially.
 PYTEST_ARGS ?= -n 2
 test: $(STAMP) browser
