@@ -240,7 +240,7 @@ def build_model(
       task: multilabel (one sigmoid head per class), multiclass (one softmax over the
         classes) or binary (one sigmoid; on two classes the positive class is the second).
       alpha: MobileNetV2 width multiplier.
-      head: how each multi-label head pools (layers.HeadSpec: gap, or csra with its λ and T).
+      head: how each multi-label head pools (tasks.base.HeadSpec: gap, or csra with its λ and T).
     Returns:
       A Model from uint8 RGB images (B, S, S, 3) to a dict {head name: (B, 1) sigmoid}
       (multilabel), (B, K) softmax probabilities (multiclass) or (B, 1) (binary).
