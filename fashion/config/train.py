@@ -110,6 +110,13 @@ class TrainConfig(_Config):
         0.1, "warm-up share of the steps (cosine; one-cycle uses at least 0.25)", group=OPTIM, metavar="F"
     )
     weight_decay: float = opt(0.0, "decoupled weight decay (adamw default 1e-2)", group=OPTIM, metavar="WD")
+    ema: float = opt(
+        0.0,
+        "keep an exponential moving average of the weights with this momentum (e.g. 0.99: about the last "
+        "100 steps) and validate, checkpoint and save it instead of the raw weights; 0 = off",
+        group=OPTIM,
+        metavar="M",
+    )
     batch_size: int = opt(32, "images per step (per replica)", group=OPTIM, metavar="N")
     lr_find: bool = opt(
         False,

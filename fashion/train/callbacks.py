@@ -78,6 +78,25 @@ class Progress:
         fileio.atomic_write_json(folder / self.FILE, state)
 
 
+class EmaWeights(keras.callbacks.SwapEMAWeights):
+    """`--ema`: Keras' SwapEMAWeights(swap_on_epoch=True), first in the list, so validation, EpochEval and the
+    checkpoints all see the average; training steps on the raw weights in between.
+
+    Args:
+      in_model: whether the model holds the average now: True when a run resumes from an epoch's end
+        (last.keras was saved with the average swapped in, the raw weights in the optimizer's slots), so the
+        first epoch swaps them back. Defaults to False.
+
+    Example:
+    >>> EmaWeights().swap_on_epoch
+    True
+    """
+
+    def __init__(self, in_model: bool = False):
+        super().__init__(swap_on_epoch=True)
+        self._ema_weights_in_model = in_model
+
+
 class Checkpoints(keras.callbacks.Callback):
     """last.keras every epoch; best.keras when `monitor` (higher is better) beats `best_score`; then
     state.json. Each file is written under a temporary name and renamed."""

@@ -37,7 +37,7 @@ from fashion.data.dataset_json import DatasetManifest
 from fashion.model import meta_json, network as model_lib
 from fashion.model.tasks.base import HeadSpec, Task, Weights
 from fashion.model.tasks.registry import get_task, resolve_task
-from fashion.train.callbacks import Checkpoints, CtrlC, EpochEval, Progress, Tee
+from fashion.train.callbacks import Checkpoints, CtrlC, EmaWeights, EpochEval, Progress, Tee
 from fashion.train.devices import check_devices, setup_device
 from fashion.train.lr_finder import lr_find, suggest_lr
 from fashion.train.optim import make_optimizer
@@ -362,9 +362,12 @@ class Trainer:
         if not (resuming and (epoch > done or partial)):  # a stage resumed mid-way keeps its optimiser
             self._start_stage(model, st, i, epoch, end)
         checkpoints = Checkpoints(self.out_dir, i, st.task.monitor, st.best_score)
+        # --ema: a checkpoint taken at an epoch's end holds the average (swapped in, the raw weights in the
+        # kept optimiser's slots); one taken by Ctrl-C mid-epoch, or a fresh optimiser, the raw weights
+        ema = [EmaWeights(in_model=resuming and not partial and epoch > done)] if cfg.ema else []
         fit = dict(
             validation_data=st.val_ds,
-            callbacks=[*self._callbacks(st, checkpoints), CtrlC()],
+            callbacks=[*ema, *self._callbacks(st, checkpoints), CtrlC()],
             shuffle=False,
             verbose=1 if sys.stdout.isatty() else 0,
             **st.task.fit_args(cfg, st.weights),

@@ -88,11 +88,16 @@ class AdamW(_TrunkRate, keras.optimizers.AdamW):
 
 
 def make_optimizer(cfg: TrainConfig, lr) -> Any:
-    """The `--optimizer` at learning rate (or schedule) `lr`, with --weight-decay, --accum-steps, --lr-mult."""
+    """The `--optimizer` at learning rate (or schedule) `lr`, with --weight-decay, --accum-steps, --lr-mult,
+    --ema."""
     accum = cfg.accum_steps if cfg.accum_steps > 1 else None
     if cfg.lr_mult < 0:
         raise TrainError(f"--lr-mult must be >= 0, got {cfg.lr_mult}")
+    if not 0.0 <= cfg.ema < 1.0:
+        raise TrainError(f"--ema must be in [0, 1) (a momentum such as 0.99; 0 = off), got {cfg.ema}")
     common: dict[str, Any] = {"gradient_accumulation_steps": accum, "lr_mult": cfg.lr_mult}
+    if cfg.ema:  # Keras' own averaging: the optimizer keeps the average, SwapEMAWeights shows it (callbacks)
+        common.update(use_ema=True, ema_momentum=cfg.ema)
     if cfg.optimizer == "sgd":  # the original project: momentum 0.9, clipnorm 5
         return SGD(lr, momentum=0.9, clipnorm=5.0, weight_decay=cfg.weight_decay or None, **common)
     if cfg.optimizer == "adam":

@@ -82,7 +82,7 @@ def test_train_py_on_two_logical_cpus_writes_a_bundle(dataset, tmp_path):
             "--data",
             str(dataset),
             *TINY_TRAIN,
-            "--backbone",  # the replicas are checked here, not the trunk (DenseNet-121's: the test above)
+            "--backbone",  # the replicas are checked here, not the trunk (DenseNet121: the test above)
             "mobilenetv2",
             "--epochs",
             "1",

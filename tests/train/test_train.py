@@ -221,7 +221,10 @@ def tiny(dataset, tmp_path, run: str, *extra: str) -> list[str]:
 
 @pytest.mark.slow
 def test_train_end_to_end_bundle_thresholds_and_reload(dataset, tmp_path, capsys):
-    args = tiny(dataset, tmp_path, "e2e", "--stages", "heads:1,all:1", "--eager")
+    # the trainer and the bundle are checked here, not the trunk (DenseNet121 trains end to end in test_demo)
+    # --eager with 2 steps an epoch (batch 80): eager costs per step, a graph costs its trace per stage
+    args = tiny(dataset, tmp_path, "e2e", "--backbone", "mobilenetv2", "--stages", "heads:1,all:1", "--eager")
+    args += ["--batch-size", "80"]
     assert train_main(args) == 0
     out = capsys.readouterr().out
     assert "constant" in out and "priors" in out and "stage 2/2: layers=all" in out
@@ -245,7 +248,7 @@ def test_train_end_to_end_bundle_thresholds_and_reload(dataset, tmp_path, capsys
     # the bundle reloads (safe mode) and reproduces the stored validation numbers with the stored thresholds
     model = keras.saving.load_model(bundle / "model.keras", compile=False, safe_mode=True)
     val = pipeline.describe_split(dataset, "val")
-    ds = pipeline.make_dataset(val.files, 13, image_size=SIZE, batch_size=32, training=False)
+    ds = pipeline.make_dataset(val.files, 13, image_size=SIZE, batch_size=80, training=False)  # as train.py: equal numerics
     out = model.predict(ds, verbose=0)
     scores = np.concatenate([out[n] for n in meta["heads"]], axis=1)
     y = pipeline.labels_of(val.files, 13)
@@ -256,7 +259,7 @@ def test_train_end_to_end_bundle_thresholds_and_reload(dataset, tmp_path, capsys
     np.testing.assert_array_equal(meta["thresholds"], metrics.tune_thresholds(y, scores, y_train=y_train))
 
     # domain pretraining: a new model at another size takes this bundle's trunk
-    fresh = model_lib.build_model(LABELS, image_size=48)
+    fresh = model_lib.build_model(LABELS, "mobilenetv2", image_size=48)
     model_lib.load_trunk_from_bundle(fresh, bundle)
     for a, b in zip(model_lib.trunk_of(fresh).weights, model_lib.trunk_of(model).weights):
         np.testing.assert_array_equal(np.array(a), np.array(b))
@@ -357,7 +360,7 @@ def test_resume_after_a_finished_stage_trains_only_what_is_left(dataset, tmp_pat
         "--stages",
         "heads:1,heads:1",
         "--batch-size",
-        "16",
+        "80",  # eager costs per step: 2 steps an epoch
         "--eager",
     )
     assert train_main(args) == 0
@@ -369,6 +372,72 @@ def test_resume_after_a_finished_stage_trains_only_what_is_left(dataset, tmp_pat
     assert train_main(args + ["--resume"]) == 0
     out = capsys.readouterr().out
     assert re.findall(r"^epoch (\d+):", out, re.M) == ["2"], out
+
+
+@pytest.mark.slow
+def test_ema_validates_and_saves_the_average_and_trains_the_raw_weights(dataset, tmp_path, capsys):
+    """--ema: each epoch's validation and checkpoint hold Keras' moving average of the weights, the optimiser
+    keeps the raw ones it steps on, and the bundle is the best epoch's average."""
+    ms = tmp_path / "ms"
+    # the averaging is checked here, not the trunk: the lighter one
+    args = tiny(dataset, tmp_path, "ema", "--backbone", "mobilenetv2", "--layers", "heads", "--epochs", "2")
+    args += ["--batch-size", "80", "--ema", "0.5", "--lr", "0.05", "--eager"]  # eager: 2 steps an epoch
+    assert train_main(args) == 0
+    last = load_checkpoint(ms / "ema" / "last.keras")
+    opt = last.optimizer
+    assert opt.use_ema and opt.ema_momentum == 0.5
+    # after the last epoch Keras' fit puts the average in both places; the epoch before, the checkpoint
+    # callback saw the average in the model: compare the model with the raw weights through validation
+    raw = {v.path: np.asarray(a) for v, a in zip(opt._trainable_variables, opt._model_variables_moving_average)}
+    kernels = [w for w in last.trainable_weights if w.path.startswith(HEAD_PREFIX) and "kernel" in w.path]
+    assert kernels and all(np.allclose(np.asarray(w), raw[w.path]) for w in kernels)
+    history = list(csv.DictReader((tmp_path / "log" / "ema" / "history.csv").open()))
+    model = keras.saving.load_model(ms / "ema" / "model.keras", compile=False)
+    val = pipeline.describe_split(dataset, "val")
+    ds = pipeline.make_dataset(val.files, 13, image_size=SIZE, batch_size=80, training=False)  # as train.py: equal numerics
+    out = model.predict(ds, verbose=0)
+    y = pipeline.labels_of(val.files, 13)
+    meta = json.loads((ms / "ema" / "meta.json").read_text())
+    scores = np.concatenate([out[n] for n in meta["heads"]], axis=1)
+    best = max(float(r["val_mAP"]) for r in history)
+    assert metrics.summary(y, scores, 0.5)["mAP"] == pytest.approx(best, abs=1e-5)  # the saved model was validated
+    # a momentum outside [0, 1) is one line before anything is written
+    capsys.readouterr()
+    assert train_main(tiny(dataset, tmp_path, "bad", "--ema", "1.5")) == 2
+    assert "--ema must be in [0, 1)" in capsys.readouterr().err
+    assert not (ms / "bad").exists()
+
+
+def test_ema_swaps_the_average_in_for_validation_and_back_for_training():
+    """Keras' SwapEMAWeights as train.py uses it, against plain SGD and the average worked out by hand: at an
+    epoch's end the model holds the average, at the next epoch's start the raw weights again."""
+    from fashion.train.callbacks import EmaWeights
+
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1, use_bias=False)])
+    model.compile(optimizer=keras.optimizers.SGD(0.1, use_ema=True, ema_momentum=0.5), loss="mse")
+    x, y = np.ones((8, 2), "float32"), np.full((8, 1), 4.0, "float32")
+    w = np.asarray(model.weights[0]).astype("float64")
+    ends, begins, seen, avg = [], [], [], None
+    for _ in range(2):  # by hand: one SGD step per row; Keras' average starts at the first step's weights
+        for _ in range(8):
+            w = w - 0.1 * 2 * (x[0] @ w - 4.0) * x[0][:, None]
+            avg = w.copy() if avg is None else 0.5 * avg + 0.5 * w
+        ends.append((w.copy(), avg.copy()))
+
+    class Look(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            begins.append(np.asarray(self.model.weights[0]).copy())
+
+        def on_epoch_end(self, epoch, logs=None):
+            seen.append(np.asarray(self.model.weights[0]).copy())
+
+    model.fit(x, y, batch_size=1, epochs=2, shuffle=False, callbacks=[EmaWeights(), Look()], verbose=0)
+    np.testing.assert_allclose(seen[0], ends[0][1], rtol=1e-5)  # epoch 1's end: the average
+    np.testing.assert_allclose(begins[1], ends[0][0], rtol=1e-5)  # epoch 2 trains on the raw weights
+    np.testing.assert_allclose(seen[1], ends[1][1], rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(model.weights[0]), ends[1][1], rtol=1e-5)  # fit ends on the average
+    assert not np.allclose(ends[0][0], ends[0][1], rtol=1e-3)  # (the two differ: the test can tell them apart)
+    assert EmaWeights(in_model=True)._ema_weights_in_model  # a resumed run whose checkpoint holds the average
 
 
 @pytest.mark.slow
