@@ -248,7 +248,9 @@ def test_train_end_to_end_bundle_thresholds_and_reload(dataset, tmp_path, capsys
     # the bundle reloads (safe mode) and reproduces the stored validation numbers with the stored thresholds
     model = keras.saving.load_model(bundle / "model.keras", compile=False, safe_mode=True)
     val = pipeline.describe_split(dataset, "val")
-    ds = pipeline.make_dataset(val.files, 13, image_size=SIZE, batch_size=80, training=False)  # as train.py: equal numerics
+    ds = pipeline.make_dataset(
+        val.files, 13, image_size=SIZE, batch_size=80, training=False
+    )  # as train.py: equal numerics
     out = model.predict(ds, verbose=0)
     scores = np.concatenate([out[n] for n in meta["heads"]], axis=1)
     y = pipeline.labels_of(val.files, 13)
@@ -394,7 +396,9 @@ def test_ema_validates_and_saves_the_average_and_trains_the_raw_weights(dataset,
     history = list(csv.DictReader((tmp_path / "log" / "ema" / "history.csv").open()))
     model = keras.saving.load_model(ms / "ema" / "model.keras", compile=False)
     val = pipeline.describe_split(dataset, "val")
-    ds = pipeline.make_dataset(val.files, 13, image_size=SIZE, batch_size=80, training=False)  # as train.py: equal numerics
+    ds = pipeline.make_dataset(
+        val.files, 13, image_size=SIZE, batch_size=80, training=False
+    )  # as train.py: equal numerics
     out = model.predict(ds, verbose=0)
     y = pipeline.labels_of(val.files, 13)
     meta = json.loads((ms / "ema" / "meta.json").read_text())
