@@ -17,6 +17,9 @@ from conftest import ROOT, SAMPLE, TINY_TRAIN
 # every check is a fresh TensorFlow process (~7 s before it does anything), three of them train
 pytestmark = pytest.mark.slow
 
+# DenseNet121 here, not the lighter MobileNetV2: on two logical CPUs MobileNetV2's replicas differ from one
+# device by ~1e-3 after three steps even with plain Keras SGD and no clipping (measured 2026-12-07), which
+# would hide what this checks.
 # Two replicas with batch 4 each vs one device with batch 8, on the same three batches (eval pipeline:
 # no random crops), from the same initial weights: our SGD (momentum, clipnorm 5: clipping is where
 # Keras 3 on several replicas goes wrong) must end equal; plain Keras SGD with clipnorm must not.
