@@ -13,7 +13,8 @@ and prints, on the validation split, mAP and sample-F2: at 0.5, with thresholds
 tuned 2-fold (tuned on one half of the split, scored on the other: honest), and
 tuned and scored on the whole split (optimistic, for reference); beside the best
 constant label set (chosen on train) and class priors as scores.
-`--ablation all` adds one run per lever in ABLATIONS (defaults with one flag changed).
+`--ablation all` adds one run per lever in ABLATIONS (defaults with one flag changed); `--inference` scores
+the defaults' weights with TTA and at the stored size too (no retraining).
 """
 
 from __future__ import annotations
