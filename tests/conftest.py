@@ -63,6 +63,16 @@ LONGEST = (
 )
 
 
+def pytest_configure(config):
+    """A shell's background job (`make test &` in a script, `nohup`) starts with SIGINT ignored, and every
+    process it starts inherits that: the Ctrl-C tests would see no KeyboardInterrupt. Deliver it as at a
+    terminal (each xdist worker runs this too; the children the tests start inherit the default)."""
+    import signal
+
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 def pytest_collection_modifyitems(config, items):
     """The slow tests first, the longest of them (LONGEST) in front (file order kept otherwise): the two
     test processes of `make test` take the long trainings one by one from the start and the quick tests
