@@ -96,6 +96,19 @@ class EmaWeights(keras.callbacks.SwapEMAWeights):
         super().__init__(swap_on_epoch=True)
         self._ema_weights_in_model = in_model
 
+    # JAX: Keras' own versions leave the average and the weight on one device array after the last epoch
+    # (`average.assign(var)`), which the next step or save finds deleted ("Array has been deleted", Keras
+    # 3.15); each side gets its own copy here.
+    def _backend_swap_variables(self, optimizer):
+        for var, average in zip(optimizer._trainable_variables, optimizer._model_variables_moving_average):
+            raw = np.array(var)
+            var.assign(np.array(average))
+            average.assign(raw)
+
+    def _backend_finalize_ema_values(self, optimizer):
+        for var, average in zip(optimizer._trainable_variables, optimizer._model_variables_moving_average):
+            average.assign(np.array(var))
+
 
 class Checkpoints(keras.callbacks.Callback):
     """last.keras every epoch; best.keras when `monitor` (higher is better) beats `best_score`; then

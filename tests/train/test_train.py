@@ -413,9 +413,10 @@ def test_ema_validates_and_saves_the_average_and_trains_the_raw_weights(dataset,
     assert not (ms / "bad").exists()
 
 
-def test_ema_swaps_the_average_in_for_validation_and_back_for_training():
-    """Keras' SwapEMAWeights as train.py uses it, against plain SGD and the average worked out by hand: at an
-    epoch's end the model holds the average, at the next epoch's start the raw weights again."""
+def ema_check(save_to: str) -> None:
+    """Keras' SwapEMAWeights as train.py uses it (EmaWeights), against plain SGD and the average worked out by
+    hand: at an epoch's end the model holds the average, at the next epoch's start the raw weights again;
+    the model saves after the last epoch (on JAX, Keras' own swap left a deleted array there)."""
     from fashion.train.callbacks import EmaWeights
 
     model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1, use_bias=False)])
@@ -435,6 +436,7 @@ def test_ema_swaps_the_average_in_for_validation_and_back_for_training():
 
         def on_epoch_end(self, epoch, logs=None):
             seen.append(np.asarray(self.model.weights[0]).copy())
+            self.model.save(save_to)  # as the checkpoints do, after EmaWeights (first in the list)
 
     model.fit(x, y, batch_size=1, epochs=2, shuffle=False, callbacks=[EmaWeights(), Look()], verbose=0)
     np.testing.assert_allclose(seen[0], ends[0][1], rtol=1e-5)  # epoch 1's end: the average
@@ -442,7 +444,29 @@ def test_ema_swaps_the_average_in_for_validation_and_back_for_training():
     np.testing.assert_allclose(seen[1], ends[1][1], rtol=1e-5)
     np.testing.assert_allclose(np.asarray(model.weights[0]), ends[1][1], rtol=1e-5)  # fit ends on the average
     assert not np.allclose(ends[0][0], ends[0][1], rtol=1e-3)  # (the two differ: the test can tell them apart)
+    saved = keras.saving.load_model(save_to, compile=False)
+    np.testing.assert_allclose(np.asarray(saved.weights[0]), ends[1][1], rtol=1e-5)
     assert EmaWeights(in_model=True)._ema_weights_in_model  # a resumed run whose checkpoint holds the average
+
+
+def test_ema_swaps_the_average_in_for_validation_and_back_for_training(tmp_path):
+    ema_check(str(tmp_path / "m.keras"))
+
+
+@pytest.mark.slow
+def test_ema_on_the_jax_backend(tmp_path):
+    """The same check in a process on Keras' JAX backend."""
+    code = "import sys; sys.path[:0] = sys.argv[1:3]; import test_train; test_train.ema_check(sys.argv[3]); print('ok')"
+    tests = ROOT / "tests"
+    p = subprocess.run(
+        [sys.executable, "-c", code, str(tests), str(tests / "train"), str(tmp_path / "m.keras")],
+        cwd=ROOT,
+        env={**__import__("os").environ, "KERAS_BACKEND": "jax"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert p.returncode == 0 and p.stdout.strip().endswith("ok"), p.stderr[-3000:]
 
 
 @pytest.mark.slow
