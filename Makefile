@@ -60,8 +60,8 @@ demo: $(STAMP)
 	@echo "  python evaluate.py --model model_save/$(DEMO_RUN) --data data/records --out report/$(DEMO_RUN)"
 
 # Two test processes (pytest-xdist): most tests wait on a TensorFlow start-up or a child process, so two
-# at once fit CI's 2 cores (fresh clone here, 2026-12-07, 194 tests: pytest 25:41 with the machine quiet,
-# 32:55 in a slow hour when every test took 20-50 % longer; the install is ~1 min with uv).
+# at once fit CI's 2 cores (here, 2026-12-07: 201 tests, pytest 22:38 with the machine quiet; a fresh clone
+# with 203 tests 31:27 in an hour with 20 % CPU steal, when the same tests took 1.2-3x longer; install ~1 min).
 # PYTEST_ARGS= runs serially.
 PYTEST_ARGS ?= -n 2
 test: $(STAMP) browser
