@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import re
 import signal
 import subprocess
@@ -248,9 +249,8 @@ def test_train_end_to_end_bundle_thresholds_and_reload(dataset, tmp_path, capsys
     # the bundle reloads (safe mode) and reproduces the stored validation numbers with the stored thresholds
     model = keras.saving.load_model(bundle / "model.keras", compile=False, safe_mode=True)
     val = pipeline.describe_split(dataset, "val")
-    ds = pipeline.make_dataset(
-        val.files, 13, image_size=SIZE, batch_size=80, training=False
-    )  # as train.py: equal numerics
+    # at train.py's batch: an untrained model's scores tie, and another batch shape breaks the ties another way
+    ds = pipeline.make_dataset(val.files, 13, image_size=SIZE, batch_size=80, training=False)
     out = model.predict(ds, verbose=0)
     scores = np.concatenate([out[n] for n in meta["heads"]], axis=1)
     y = pipeline.labels_of(val.files, 13)
@@ -389,17 +389,15 @@ def test_ema_validates_and_saves_the_average_and_trains_the_raw_weights(dataset,
     last = load_checkpoint(ms / "ema" / "last.keras")
     opt = last.optimizer
     assert opt.use_ema and opt.ema_momentum == 0.5
-    # after the last epoch Keras' fit puts the average in both places; the epoch before, the checkpoint
-    # callback saw the average in the model: compare the model with the raw weights through validation
+    # after the last epoch Keras' fit leaves the average both in the model and in the optimiser's slots
     raw = {v.path: np.asarray(a) for v, a in zip(opt._trainable_variables, opt._model_variables_moving_average)}
     kernels = [w for w in last.trainable_weights if w.path.startswith(HEAD_PREFIX) and "kernel" in w.path]
     assert kernels and all(np.allclose(np.asarray(w), raw[w.path]) for w in kernels)
     history = list(csv.DictReader((tmp_path / "log" / "ema" / "history.csv").open()))
     model = keras.saving.load_model(ms / "ema" / "model.keras", compile=False)
     val = pipeline.describe_split(dataset, "val")
-    ds = pipeline.make_dataset(
-        val.files, 13, image_size=SIZE, batch_size=80, training=False
-    )  # as train.py: equal numerics
+    # at train.py's batch: an untrained model's scores tie, and another batch shape breaks the ties another way
+    ds = pipeline.make_dataset(val.files, 13, image_size=SIZE, batch_size=80, training=False)
     out = model.predict(ds, verbose=0)
     y = pipeline.labels_of(val.files, 13)
     meta = json.loads((ms / "ema" / "meta.json").read_text())
@@ -461,7 +459,7 @@ def test_ema_on_the_jax_backend(tmp_path):
     p = subprocess.run(
         [sys.executable, "-c", code, str(tests), str(tests / "train"), str(tmp_path / "m.keras")],
         cwd=ROOT,
-        env={**__import__("os").environ, "KERAS_BACKEND": "jax"},
+        env={**os.environ, "KERAS_BACKEND": "jax"},
         capture_output=True,
         text=True,
         timeout=300,
