@@ -8,7 +8,7 @@ the tuple from here rather than type it again.
 # model
 BACKBONES = ("densenet121", "densenet169", "densenet201", "resnet50", "mobilenetv2", "xception", "efficientnetb0")
 TASKS = ("multilabel", "multiclass", "binary")
-HEADS = ("gap", "csra")  # --head: how each multi-label head pools its feature map
+HEADS = ("gap", "csra", "mldecoder")  # --head: how each multi-label head pools its feature map
 ENGINES = ("local", "beam")  # generate_dataset.py and detect.py --list: --engine
 TASK_CHOICES = ("auto", *TASKS)  # --task: auto = the dataset's task
 BN_MODES = ("auto", "frozen", "train")

@@ -70,7 +70,8 @@ class TrainConfig(_Config):
     head: str = opt(
         "gap",
         "how each multi-label head pools: gap (average, then Dense 1: the original design) or csra "
-        "(class-specific residual attention: the average plus --csra-lambda x an attention-weighted score)",
+        "(class-specific residual attention: the average plus --csra-lambda x an attention-weighted score) "
+        "or mldecoder (one learned query per label attending to the feature map, shared by the labels)",
         group=MODEL,
         choices=C.HEADS,
     )

@@ -10,7 +10,7 @@ import pytest
 from conftest import SAMPLE
 from fashion.core.errors import TrainError
 from fashion.model import losses, network as model_lib
-from fashion.model.layers import CSRA
+from fashion.model.layers import CSRA, ClassQueries, GroupLogits
 from fashion.model.tasks.base import HEAD_PREFIX, HeadSpec, head_names
 
 LABELS = (SAMPLE / "labels.txt").read_text().split()
@@ -43,22 +43,47 @@ def test_csra_is_its_formula_and_lambda_0_is_gap_then_dense(lam, t):
         assert np.abs(got - (x.mean((1, 2)) @ w + b)).max() > 1e-3
 
 
+def test_ml_decoders_own_layers_are_their_formulas():
+    """The queries are one learned vector per label, the same for each image; label i's logit is w_i · q_i + b_i."""
+    rng = np.random.default_rng(0)
+    tokens = rng.normal(size=(3, 4, 8)).astype("float32")
+    queries = ClassQueries(5, 8)
+    queries.build(tokens.shape)
+    table = rng.normal(size=(5, 8)).astype("float32")
+    queries.set_weights([table])
+    np.testing.assert_array_equal(np.asarray(queries(tokens)), np.broadcast_to(table, (3, 5, 8)))
+    q = rng.normal(size=(3, 5, 8)).astype("float32")
+    group = GroupLogits()
+    group.build(q.shape)
+    w, b = rng.normal(size=(5, 8)).astype("float32"), rng.normal(size=5).astype("float32")
+    group.set_weights([w, b])
+    got = np.concatenate([np.asarray(t) for t in group(q)], axis=1)
+    np.testing.assert_allclose(got, np.einsum("nkd,kd->nk", q, w) + b, rtol=1e-5, atol=1e-5)
+
+
+# the heads group's weights: per label conv kernel + bias and CSRA kernel + bias; ML-Decoder's shared ones:
+# tokens 2, queries 1, attention 8 (query/key/value/output kernels and biases), 2 norms x 2, feed-forward 2 x 2,
+# group logits 2
+HEAD_WEIGHTS = {"csra": 4 * len(LABELS), "mldecoder": 21}
+
+
 @pytest.mark.slow
-def test_csra_heads_shapes_weights_group_and_round_trip(tmp_path):
+@pytest.mark.parametrize("spec", [HeadSpec("csra", 0.2, 2.0), HeadSpec("mldecoder", dim=32)], ids=lambda s: s.kind)
+def test_heads_shapes_weights_group_and_round_trip(spec, tmp_path):
     keras.utils.set_random_seed(1)
-    spec = HeadSpec("csra", 0.2, 2.0)
-    m = model_lib.build_model(LABELS, "mobilenetv2", 32, alpha=0.35, head=spec)
-    x = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3)).astype(np.uint8)
+    m = model_lib.build_model(LABELS, "mobilenetv2", 64, alpha=0.35, head=spec)  # 64 px: a 2x2 map to attend
+    x = np.random.default_rng(0).integers(0, 256, (4, 64, 64, 3)).astype(np.uint8)
     out = m(x)
     heads = head_names(LABELS)
     assert sorted(out) == sorted(heads) and all(tuple(out[h].shape) == (4, 1) for h in heads)
     assert all(0.0 <= float(np.min(out[h])) and float(np.max(out[h])) <= 1.0 for h in heads)
-    assert all(m.get_layer(f"{h}_csra").lam == 0.2 for h in heads)
+    if spec.kind == "csra":
+        assert all(m.get_layer(f"{h}_csra").lam == 0.2 for h in heads)
 
-    # the heads group trains the 13 heads (conv kernel + bias, CSRA kernel + bias) and nothing of the trunk
+    # the heads group trains the heads and nothing of the trunk
     model_lib.set_trainable(m, "heads")
     names = [w.path for w in m.trainable_weights]
-    assert len(names) == 4 * len(heads) and all(n.startswith(HEAD_PREFIX) for n in names), names
+    assert len(names) == HEAD_WEIGHTS[spec.kind] and all(n.startswith(HEAD_PREFIX) for n in names), names
     assert not model_lib.trunk_of(m).trainable_weights
 
     # per-head loss weights still apply: the total is the weighted sum of the heads' losses
@@ -73,7 +98,7 @@ def test_csra_heads_shapes_weights_group_and_round_trip(tmp_path):
     per_head = [float(np.mean(keras.losses.binary_crossentropy(y[h], np.asarray(out[h])))) for h in heads]
     assert logs["loss"] == pytest.approx(float(np.dot(weights, per_head)), rel=1e-4)
 
-    # saved and loaded back (CSRA is registered): the same outputs
+    # saved and loaded back (our layers are registered): the same outputs
     m.save(tmp_path / "m.keras")
     again = keras.saving.load_model(tmp_path / "m.keras", compile=False)
     for h in heads:

@@ -24,10 +24,12 @@ class HeadSpec:
     """How each multi-label head pools its feature map into one logit.
 
     Args:
-      kind: "gap" (global average pooling, then Dense 1: the original design) or "csra" (the average
-        plus `lam` times an attention-weighted score, Zhu & Wu, ICCV 2021). Defaults to "gap".
+      kind: "gap" (global average pooling, then Dense 1: the original design), "csra" (the average
+        plus `lam` times an attention-weighted score, Zhu & Wu, ICCV 2021) or "mldecoder" (one query per
+        label attending to the feature map's locations, Ridnik et al., WACV 2023). Defaults to "gap".
       lam: CSRA's λ, the weight of the attention term. Defaults to 0.1 (the paper's single-head setting).
       temperature: CSRA's T; 99 or more is max pooling. Defaults to 1.0.
+      dim: ML-Decoder's token and query width. Defaults to 256.
 
     >>> HeadSpec("csra").lam
     0.1
@@ -36,6 +38,7 @@ class HeadSpec:
     kind: str = "gap"
     lam: float = 0.1
     temperature: float = 1.0
+    dim: int = 256
 
 
 GAP = HeadSpec()  # the original design's pooling

@@ -11,9 +11,9 @@ import keras
 import numpy as np
 
 from fashion.model import losses, metrics, plots
-from fashion.model.layers import CSRA
+from fashion.model.layers import CSRA, ClassQueries, GroupLogits
 from fashion.model.meta_json import BundleMeta
-from fashion.model.tasks.base import GAP, HeadSpec, Task, Validation, Weights, fmt, head_names, run_fields
+from fashion.model.tasks.base import GAP, HEAD_PREFIX, HeadSpec, Task, Validation, Weights, fmt, head_names, run_fields
 
 HEAD_FILTERS = 64
 
@@ -40,7 +40,10 @@ class MultiLabel(Task):
 
     def build_heads(self, features, dropout: float, head: HeadSpec = GAP) -> dict:
         """Per label: Conv2D 3x3 (64, ReLU) -> global average pooling -> Dense 1 sigmoid, `head_<label>`;
-        `head.kind` "csra": the pooling and the Dense are one CSRA layer, then the sigmoid."""
+        `head.kind` "csra": the pooling and the Dense are one CSRA layer, then the sigmoid; "mldecoder": one
+        ML-Decoder shared by the labels (`_ml_decoder`), each label still its own named output."""
+        if head.kind == "mldecoder":
+            return self._ml_decoder(features, dropout, head.dim)
         outputs = {}
         for name in self.heads:
             h = keras.layers.Conv2D(HEAD_FILTERS, 3, padding="same", activation="relu", name=f"{name}_conv")(features)
@@ -56,6 +59,27 @@ class MultiLabel(Task):
                 h = keras.layers.Dropout(dropout, name=f"{name}_drop")(h)
             outputs[name] = keras.layers.Dense(1, activation="sigmoid", dtype="float32", name=name)(h)
         return outputs
+
+    def _ml_decoder(self, features, dropout: float, dim: int) -> dict:
+        """ML-Decoder (Ridnik et al., WACV 2023): the feature map's locations as `dim`-tokens (Dense + ReLU),
+        one learned query per label attending to them (Keras' MultiHeadAttention, 8 heads; no self-attention
+        between the queries, as the paper drops it), add & norm, a feed-forward block, add & norm, then one
+        logit per label from its own query (group fully-connected). Its layers are named `head__mld_*` (a
+        label's slug never starts with "_"), so they train with the heads group."""
+        L, p = keras.layers, f"{HEAD_PREFIX}_mld"
+        t = L.Reshape((-1, features.shape[-1]), name=f"{p}_locations")(features)
+        t = L.Dense(dim, activation="relu", name=f"{p}_tokens")(t)
+        if dropout:
+            t = L.Dropout(dropout, name=f"{p}_drop")(t)
+        q = ClassQueries(len(self.heads), dim, name=f"{p}_queries")(t)
+        a = L.MultiHeadAttention(8, dim // 8, dropout=0.1, name=f"{p}_attention")(q, t)
+        q = L.LayerNormalization(name=f"{p}_norm1")(L.Add(name=f"{p}_add1")([q, a]))
+        f = L.Dense(4 * dim, activation="relu", name=f"{p}_ffn1")(q)
+        f = L.Dense(dim, name=f"{p}_ffn2")(L.Dropout(0.1, name=f"{p}_ffn_drop")(f))
+        q = L.LayerNormalization(name=f"{p}_norm2")(L.Add(name=f"{p}_add2")([q, f]))
+        logits = GroupLogits(dtype="float32", name=f"{p}_logits")(q)
+        # float32 output even under mixed precision: sigmoid + log in the loss need the range
+        return {nm: L.Activation("sigmoid", dtype="float32", name=nm)(lg) for nm, lg in zip(self.heads, logits)}
 
     def to_probs(self, out) -> np.ndarray:
         """The model's {head: (N, 1)} outputs as one (N, labels) array in label order."""
