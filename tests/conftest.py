@@ -71,6 +71,21 @@ def pytest_configure(config):
 
     if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
         signal.signal(signal.SIGINT, signal.default_int_handler)
+    # JAX's persistent compilation cache, one for the whole run (set before xdist starts its workers, which
+    # inherit it): a resumed or second JAX process reuses the first one's compiled steps instead of compiling
+    # them again (a tiny train.py run on JAX: 37-40 s cold, 25 s warm, measured 2026-12-07)
+    if not hasattr(config, "workerinput") and "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+        import tempfile
+
+        config._jax_cache = tempfile.TemporaryDirectory(prefix="fashion-tests-jax-")
+        os.environ["JAX_COMPILATION_CACHE_DIR"] = config._jax_cache.name
+        os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+
+
+def pytest_unconfigure(config):
+    if hasattr(config, "_jax_cache"):
+        os.environ.pop("JAX_COMPILATION_CACHE_DIR", None)
+        config._jax_cache.cleanup()
 
 
 def pytest_collection_modifyitems(config, items):
