@@ -76,9 +76,7 @@ class ClassQueries(keras.layers.Layer):
         self.classes, self.dim = int(classes), int(dim)
 
     def build(self, input_shape):
-        self.queries = self.add_weight(
-            shape=(self.classes, self.dim), initializer="random_normal", name="queries"
-        )
+        self.queries = self.add_weight(shape=(self.classes, self.dim), initializer="random_normal", name="queries")
 
     def call(self, tokens):
         q = keras.ops.cast(self.queries, self.compute_dtype)
