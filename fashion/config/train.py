@@ -165,6 +165,20 @@ class TrainConfig(_Config):
     )
     jitter: float = opt(0.0, "colour jitter strength (brightness/contrast/saturation)", group=AUG, metavar="J")
     rotate: float = opt(0.0, "random rotation, +- degrees", group=AUG, metavar="DEG")
+    mixup: float = opt(
+        0.0,
+        "MixUp (keras.layers.MixUp): each training image blended with another of its batch by a Beta(A, A) "
+        "weight, their label vectors by the same weight (soft multi-label targets); A such as 0.2; 0 = off",
+        group=AUG,
+        metavar="A",
+    )
+    cutmix: float = opt(
+        0.0,
+        "CutMix (keras.layers.CutMix): a box of another image of the batch pasted in, the label vectors mixed by "
+        "its area; the box's share is drawn from Beta(F, F), F such as 1.0; 0 = off",
+        group=AUG,
+        metavar="F",
+    )
     mixed_precision: str = opt(
         "auto",
         "16-bit compute: auto = on with a GPU; on = bfloat16 where every GPU has it (compute capability "
@@ -217,6 +231,9 @@ class TrainConfig(_Config):
             raise TrainError(f"--lr-mult must be >= 0, got {self.lr_mult}")
         if self.cpu_devices < 1:
             raise TrainError(f"--cpu-devices must be >= 1, got {self.cpu_devices}")
+        for name, value in (("--mixup", self.mixup), ("--cutmix", self.cutmix)):
+            if value < 0:
+                raise TrainError(f"{name} must be >= 0 (a Beta distribution's parameter; 0 = off), got {value}")
         self.stage_specs()
 
     def stage_specs(self) -> list[tuple[str, int, float]]:

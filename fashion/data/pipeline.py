@@ -134,6 +134,8 @@ def make_dataset(
     cache: bool = False,
     jitter: float = 0.0,
     rotate: float = 0.0,
+    mixup: float = 0.0,
+    cutmix: float = 0.0,
     count: int | None = None,
     column: int | None = None,
     shard: tuple[int, int, int] | None = None,
@@ -145,7 +147,8 @@ def make_dataset(
     `count` (records in the files, from the manifest) lets Keras know the epoch length up front.
     `shard` = (processes, index, steps): this process's 1/N of the records (every N-th, in file order, so
     the processes' parts are disjoint), as exactly `steps` full batches. `full_batches`: drop the short last
-    batch (the records it would hold wait for another epoch's shuffle).
+    batch (the records it would hold wait for another epoch's shuffle). `mixup`/`cutmix` (training): Keras'
+    MixUp/CutMix on each batch, the labels mixed with the images (`mix_batches`).
     """
     AUTOTUNE = tf.data.AUTOTUNE
     if shard is not None:
@@ -175,6 +178,8 @@ def make_dataset(
         num_parallel_calls=AUTOTUNE,
         deterministic=not training,
     )
+    if training and (mixup or cutmix):
+        ds = ds.map(mix_batches(mixup, cutmix, seed), num_parallel_calls=AUTOTUNE)
     if full_batches and count is not None:
         count = count // batch_size * batch_size
     if shard is not None:
@@ -189,6 +194,28 @@ def make_dataset(
     opts = tf.data.Options()
     opts.experimental_deterministic = not training
     return ds.with_options(opts).prefetch(AUTOTUNE)
+
+
+def mix_batches(mixup: float, cutmix: float, seed: int | None = None):
+    """A batch map: Keras' MixUp (alpha `mixup`) then CutMix (factor `cutmix`), whichever is not 0, on the
+    images as float and their (B, K) label vectors (mixed by the same weight: the soft targets of
+    multi-label MixUp), the images back to uint8 (the model's input; rounding moves a pixel by < 0.5)."""
+    import keras
+
+    layers = []
+    if mixup:
+        layers.append(keras.layers.MixUp(alpha=mixup, seed=seed))
+    if cutmix:
+        layers.append(keras.layers.CutMix(factor=cutmix, seed=None if seed is None else seed + 1))
+
+    def fn(images, labels):
+        data = {"images": tf.cast(images, tf.float32), "labels": tf.cast(labels, tf.float32)}
+        for layer in layers:
+            data = layer(data, training=True)
+        images = tf.cast(tf.clip_by_value(tf.round(data["images"]), 0, 255), tf.uint8)
+        return images, data["labels"]
+
+    return fn
 
 
 TRAINING_SPLITS = ("train", "val")

@@ -271,6 +271,8 @@ class Trainer:
             cache=small,
             jitter=cfg.jitter,
             rotate=cfg.rotate,
+            mixup=cfg.mixup,
+            cutmix=cfg.cutmix,
             count=st.train.count,
             shard=shard,
             full_batches=whole,

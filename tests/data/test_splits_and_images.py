@@ -61,3 +61,33 @@ def test_content_is_recognised_by_bytes():
     assert imaging.sniff(b"\x89PNG\r\n\x1a\n....") == "png"
     with pytest.raises(imaging.ImageError, match="HTML"):
         imaging.decode_rgb(b"<html><body>nope</body></html>")
+
+
+@pytest.mark.parametrize("mixup, cutmix", [(0.4, 0.0), (0.0, 1.0), (0.4, 1.0)])
+def test_mixup_and_cutmix_mix_each_label_vector_by_its_images_share(mixup, cutmix):
+    """Flat images (image i all 20·i) with one-hot labels: after mixing, an image's mean is Σ_k y_k · 20k,
+    the labels carry the blend (MixUp) or the pasted area (CutMix) the pixels show. Keras' CutMix counts the
+    box's area from its unrounded corners: up to one row and one column of pixels off, hence `off`."""
+    import tensorflow as tf
+
+    from fashion.data.pipeline import mix_batches
+
+    n, side = 8, 128
+    flat = np.arange(n, dtype=np.uint8)[:, None, None, None] * 20
+    images = tf.constant(np.broadcast_to(flat, (n, side, side, 3)))
+    labels = tf.constant(np.eye(n, dtype=np.float32))
+    mixed, soft = mix_batches(mixup, cutmix, seed=3)(images, labels)
+    mixed, soft = np.asarray(mixed), np.asarray(soft)
+    assert mixed.dtype == np.uint8 and mixed.shape == (n, side, side, 3) and soft.shape == (n, n)
+    np.testing.assert_allclose(soft.sum(1), 1.0, atol=1e-5)  # a convex blend of label vectors
+    assert ((soft > 0.01) & (soft < 0.99)).any(), "nothing was mixed: the check below could not fail"
+    off = 0.5 + (20.0 * (n - 1) * 2 * side / side**2 if cutmix else 0.0)
+    np.testing.assert_allclose(mixed.reshape(n, -1).mean(1), soft @ (20.0 * np.arange(n)), atol=off)
+
+
+def test_mixup_and_cutmix_take_no_negative_parameter():
+    from fashion.config.train import TrainConfig
+    from fashion.core.errors import TrainError
+
+    with pytest.raises(TrainError, match="--cutmix must be >= 0"):
+        TrainConfig(cutmix=-1.0).validate()
