@@ -69,7 +69,10 @@ ABLATIONS = {
     "head mldecoder": ["--head", "mldecoder"],  # one query per label over the 2x2 map's locations, width 256
     "ema 0.99": ["--ema", "0.99"],
     "mixup 0.2": ["--mixup", "0.2"],  # keras.layers.MixUp on each batch, label vectors blended alike
-    "cutmix 1.0": ["--cutmix", "1.0"],  # keras.layers.CutMix, label vectors mixed by the pasted area  # Keras' moving average of the weights, ~the last 100 of 1,200 steps
+    "cutmix 1.0": [
+        "--cutmix",
+        "1.0",
+    ],  # keras.layers.CutMix, label vectors mixed by the pasted area  # Keras' moving average of the weights, ~the last 100 of 1,200 steps
 }
 
 
