@@ -60,11 +60,10 @@ demo: $(STAMP)
 	@echo "  python evaluate.py --model model_save/$(DEMO_RUN) --data data/records --out report/$(DEMO_RUN)"
 
 # Two test processes (pytest-xdist): most tests wait on a TensorFlow start-up or a child process, so two
-# at once fit CI's 2 cores; worksteal: a process that runs out takes queued tests from the other, instead of
-# each keeping the share handed to it at the start (here, 2026-12-07: 201 tests, pytest 22:38 with the machine quiet; a fresh clone
-# with 203 tests 31:27 in an hour with 20 % CPU steal, when the same tests took 1.2-3x longer; install ~1 min).
+# at once fit CI's 2 cores (here, 2026-12-07: 204 tests, pytest 22:34 with the machine quiet; --dist worksteal with
+# an eager replica test took 28:48 on a fresh clone (210 tests): neither kept; install ~1 min).
 # PYTEST_ARGS= runs serially.
-PYTEST_ARGS ?= -n 2 --dist worksteal
+PYTEST_ARGS ?= -n 2
 test: $(STAMP) browser
 	$(PY) -m pytest $(PYTEST_ARGS)
 
