@@ -67,12 +67,9 @@ ABLATIONS = {
     "head csra": ["--head", "csra"],  # class-specific residual attention, the paper's λ 0.1, T 1
     "head csra T99": ["--head", "csra", "--csra-temperature", "99"],  # λ 0.1, max pooling's attention
     "head mldecoder": ["--head", "mldecoder"],  # one query per label over the 2x2 map's locations, width 256
-    "ema 0.99": ["--ema", "0.99"],
+    "ema 0.99": ["--ema", "0.99"],  # Keras' moving average of the weights, ~the last 100 of 1,200 steps
     "mixup 0.2": ["--mixup", "0.2"],  # keras.layers.MixUp on each batch, label vectors blended alike
-    "cutmix 1.0": [
-        "--cutmix",
-        "1.0",
-    ],  # keras.layers.CutMix, label vectors mixed by the pasted area  # Keras' moving average of the weights, ~the last 100 of 1,200 steps
+    "cutmix 1.0": ["--cutmix", "1.0"],  # keras.layers.CutMix, label vectors mixed by the pasted area
 }
 
 

@@ -85,6 +85,7 @@ def pytest_configure(config):
 def pytest_unconfigure(config):
     if hasattr(config, "_jax_cache"):
         os.environ.pop("JAX_COMPILATION_CACHE_DIR", None)
+        os.environ.pop("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", None)
         config._jax_cache.cleanup()
 
 
