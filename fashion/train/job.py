@@ -98,10 +98,18 @@ class TrainState:
     stage_start: int = 0
 
 
-def _weights_out(model) -> bool:
-    """JAX backend: fit takes the variables' values into its step function and puts them back after
-    each step; stopped inside the first one (while XLA compiles it), the model has none to save."""
-    return any(getattr(v, "_value", 0) is None for v in [*model.trainable_variables, *model.optimizer.variables])
+def _steps_done(model) -> int | None:
+    """The optimiser's step count, or None where the model holds no state to save. JAX backend: fit takes
+    the variables' values into its step function (donated: JAX deletes them) and puts new ones back after
+    each step; a Ctrl-C inside a step (the first one while XLA compiles, or any after the arrays went in)
+    leaves the model with none, or with deleted arrays."""
+    if getattr(model, "optimizer", None) is None:  # before the first compile
+        return None
+    for v in [*model.trainable_variables, *model.optimizer.variables]:
+        value = getattr(v, "_value", 0)
+        if value is None or getattr(value, "is_deleted", lambda: False)():  # is_deleted: jax.Array's
+            return None
+    return int(np.asarray(model.optimizer.iterations))
 
 
 class Trainer:
@@ -430,13 +438,11 @@ class Trainer:
         if saved.stage != st.stage_index:  # interrupted right at a stage boundary: nothing of the new stage to keep
             print("\ninterrupted between stages; rerun with --resume to go on", file=sys.stderr)
             return
-        savable = getattr(model, "optimizer", None) is not None and not _weights_out(model)
-        taken = (
-            int(np.asarray(model.optimizer.iterations)) - st.steps * (saved.epoch - st.stage_start) if savable else 0
-        )
-        # nothing newer than the last checkpoint: before the first compile, (JAX) inside the first step, or in
-        # the epoch's validation (resuming from there would train a step more)
-        if not savable or taken >= st.steps:
+        done = _steps_done(model)
+        taken = done - st.steps * (saved.epoch - st.stage_start) if done is not None else 0
+        # nothing newer than the last checkpoint: before the first compile, (JAX) inside a step, or in the
+        # epoch's validation (resuming from there would train a step more)
+        if done is None or taken >= st.steps:
             print(f"\ninterrupted; {self._kept()}", file=sys.stderr)
             return
         self.save_dir.mkdir(parents=True, exist_ok=True)
