@@ -21,12 +21,15 @@ help:
 # ranges and extras: test, lint, beam, jax, bench, serve, onnx), then the project itself in place without dependencies;
 # re-installed only when either file changes. Installed by uv (the lock's own version; its hashes checked):
 # 17 s on a fresh machine where pip takes about 3 minutes; pip does it where uv cannot reach the registry.
+# --compile-bytecode: pip writes the .pyc files at install, uv only when asked; without them (and with
+# PYTHONDONTWRITEBYTECODE set, as on our CI machines) every command compiled TensorFlow's and Keras' 3,500
+# modules from source again: 5-6 s more for each start of detect.py, train.py, ... and each test's process.
 # `pip install -e .` with pyproject.toml's ranges still works for those who embed the package.
 UV_VERSION := $(shell sed -n 's/^uv==\([0-9.]*\).*/\1/p' requirements.txt)
 $(STAMP): pyproject.toml requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet uv==$(UV_VERSION)
-	$(VENV)/bin/uv pip install --quiet --python $(PY) -r requirements.txt || \
+	$(VENV)/bin/uv pip install --quiet --compile-bytecode --python $(PY) -r requirements.txt || \
 	  { echo "uv could not install requirements.txt: pip instead (slower)"; $(PY) -m pip install --quiet -r requirements.txt; }
 	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $(STAMP)
