@@ -70,6 +70,9 @@ ABLATIONS = {
     "ema 0.99": ["--ema", "0.99"],  # Keras' moving average of the weights, ~the last 100 of 1,200 steps
     "mixup 0.2": ["--mixup", "0.2"],  # keras.layers.MixUp on each batch, label vectors blended alike
     "cutmix 1.0": ["--cutmix", "1.0"],  # keras.layers.CutMix, label vectors mixed by the pasted area
+    "backend jax": ["--backend", "jax"],  # the same recipe on Keras' JAX backend (records still via tf.data)
+    "seed 1": ["--seed", "1"],  # the defaults' second seed: the spread a lever must beat
+    "backend jax seed 1": ["--backend", "jax", "--seed", "1"],
 }
 
 
