@@ -9,39 +9,36 @@ data (multilabel: per class for sample-F2; binary: the positive class's for its 
 
 Where things are: the task's heads, loss, scores and bundle fields in fashion.model.tasks; optimisers in
 optim, schedules in schedules, the per-epoch callbacks and state.json in callbacks, devices in
-devices, --lr-find in lr_finder. This module runs the steps in order.
+devices, --lr-find in lr_finder, the run's stages and state in state. This module runs the steps in order.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import math
 import os
 import shutil
 import sys
 import tempfile
-from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import keras
-import numpy as np
 
 from fashion.config.train import TrainConfig
 from fashion.core import cluster as cluster_lib, fileio, interrupts, quiet
 from fashion.core.errors import EXIT_FATAL, EXIT_INTERRUPTED, EXIT_OK, EXIT_WORKER_LOST, TrainError
 from fashion.data import dataset_json, pipeline
-from fashion.data.dataset_json import DatasetManifest
 from fashion.model import meta_json, network as model_lib
-from fashion.model.tasks.base import HeadSpec, Task, Weights
+from fashion.model.tasks.base import HeadSpec
 from fashion.model.tasks.registry import get_task, resolve_task
 from fashion.train.callbacks import Checkpoints, CtrlC, EmaWeights, EpochEval, Progress, Tee
 from fashion.train.devices import check_devices, setup_device
 from fashion.train.lr_finder import lr_find, suggest_lr
 from fashion.train.optim import make_optimizer
 from fashion.train.schedules import make_schedule
+from fashion.train.state import Stage, TrainState, manifest_hash, parse_stages, steps_done
 
 # what cli.py and the tests reach through this module
 __all__ = [
@@ -56,60 +53,6 @@ __all__ = [
     "lr_find",
     "resolve_task",
 ]
-
-
-@dataclass
-class Stage:
-    layers: str
-    epochs: int
-    lr: float
-
-
-def parse_stages(cfg: TrainConfig) -> list[Stage]:
-    """`heads:5,all:20:1e-4` -> stages; without --stages, one stage of --layers for --epochs."""
-    return [Stage(*spec) for spec in cfg.stage_specs()]
-
-
-def manifest_hash(folder: str | Path) -> str:
-    return hashlib.sha256((Path(folder) / dataset_json.MANIFEST).read_bytes()).hexdigest()[:16]
-
-
-@dataclass
-class TrainState:
-    """One run: what `_plan` decides before anything is written, what `_load_data` adds once the devices
-    are set up, and where the run stands."""
-
-    task: Task  # labels, heads, classes, top-k
-    manifest: DatasetManifest
-    train: pipeline.Split
-    val: pipeline.Split
-    stages: list[Stage]
-    weights: Weights
-    start: Progress  # where training starts: state.json on --resume
-    pretrained: tuple[str | None, str | None] = (None, None)  # (Keras notop file, bundle) for a new model
-    strategy: Any = None
-    train_ds: Any = None
-    val_ds: Any = None
-    y_val: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))  # set by _load_data
-    batch: int = 0  # this process's batch (every replica's)
-    steps: int = 0  # optimizer steps per epoch
-    best_score: float = float("-inf")  # the task's monitored validation score, best so far
-    stage_index: int = 0  # the stage model.fit is in, and the epoch that stage began at (for Ctrl-C)
-    stage_start: int = 0
-
-
-def _steps_done(model) -> int | None:
-    """The optimiser's step count, or None where the model holds no state to save. JAX backend: fit takes
-    the variables' values into its step function (donated: JAX deletes them) and puts new ones back after
-    each step; a Ctrl-C inside a step (the first one while XLA compiles, or any after the arrays went in)
-    leaves the model with none, or with deleted arrays."""
-    if getattr(model, "optimizer", None) is None:  # before the first compile
-        return None
-    for v in [*model.trainable_variables, *model.optimizer.variables]:
-        value = getattr(v, "_value", 0)
-        if value is None or getattr(value, "is_deleted", lambda: False)():  # is_deleted: jax.Array's
-            return None
-    return int(np.asarray(model.optimizer.iterations))
 
 
 class Trainer:
@@ -438,7 +381,7 @@ class Trainer:
         if saved.stage != st.stage_index:  # interrupted right at a stage boundary: nothing of the new stage to keep
             print("\ninterrupted between stages; rerun with --resume to go on", file=sys.stderr)
             return
-        done = _steps_done(model)
+        done = steps_done(model)
         taken = done - st.steps * (saved.epoch - st.stage_start) if done is not None else 0
         # nothing newer than the last checkpoint: before the first compile, (JAX) inside a step, or in the
         # epoch's validation (resuming from there would train a step more)

@@ -456,18 +456,18 @@ def steps_done_check() -> None:
     """What Ctrl-C's checkpoint reads: the optimiser's steps, or None where the model holds no state (before
     compile; on JAX, variables fit took into a step: purged, or donated and deleted). CI once failed on
     reading a deleted array after a Ctrl-C landed inside a JAX step (exit 1 instead of 130)."""
-    from fashion.train.job import _steps_done
+    from fashion.train.state import steps_done
 
     model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
-    assert _steps_done(model) is None
+    assert steps_done(model) is None
     model.compile(optimizer="adam", loss="mse")
     model.fit(np.ones((4, 3)), np.ones((4, 1)), batch_size=2, verbose=0)
-    assert _steps_done(model) == 2
+    assert steps_done(model) == 2
     if keras.backend.backend() == "jax":
         model.trainable_variables[0].value.delete()
-        assert _steps_done(model) is None
+        assert steps_done(model) is None
         model._purge_model_variables(optimizer_variables=True)
-        assert _steps_done(model) is None
+        assert steps_done(model) is None
 
 
 def test_steps_done_reads_the_optimiser_or_says_there_is_nothing():
