@@ -12,6 +12,8 @@ the weights) unless --model is given. Measured in one run, one after the other, 
            that many photos into a batch, so the service cannot pass this rate;
   service  serve.py on 127.0.0.1, --clients (8) threads each posting one photo at a time (raw body),
            --requests photos in all: photos/s, and its ratio to detect (target >= 0.8) and to the model;
+           then the same clients sending --per-request (8) photos in each multipart request, as a
+           catalogue pipeline would (batches can fill to --batch-size);
   latency  one client, one photo at a time: p50 and p99 of --latency-requests requests;
   soak     --soak-clients (64) clients for --soak-seconds (60): errors, the service's RSS at the
            start and the end of the minute (target: no error, flat), and its photos/s.
@@ -77,8 +79,18 @@ def post(session: requests.Session, url: str, photo: bytes) -> float:
     return time.perf_counter() - t
 
 
-def throughput(url: str, photos: list[bytes], clients: int, n: int) -> float:
-    counter = iter(range(n))
+def post_many(session: requests.Session, url: str, photos: list[bytes]) -> float:
+    """Several photos in one multipart request (a pipeline's client sending a page of its catalogue)."""
+    t = time.perf_counter()
+    files = [("photo", (f"{i}.jpg", p, "image/jpeg")) for i, p in enumerate(photos)]
+    r = session.post(f"{url}/v1/predict", files=files, timeout=120)
+    r.raise_for_status()
+    return time.perf_counter() - t
+
+
+def throughput(url: str, photos: list[bytes], clients: int, n: int, per_request: int = 1) -> float:
+    """Photos/s of `clients` threads posting `n` photos in all, `per_request` in each request."""
+    counter = iter(range(0, n, per_request))
     lock = threading.Lock()
 
     def client() -> None:
@@ -88,7 +100,10 @@ def throughput(url: str, photos: list[bytes], clients: int, n: int) -> float:
                     i = next(counter, None)
                 if i is None:
                     return
-                post(s, url, photos[i % len(photos)])
+                if per_request == 1:
+                    post(s, url, photos[i % len(photos)])
+                else:
+                    post_many(s, url, [photos[(i + j) % len(photos)] for j in range(per_request)])
 
     t = time.perf_counter()
     with ThreadPoolExecutor(clients) as pool:
@@ -131,7 +146,8 @@ def main() -> None:
     ap.add_argument("--photos", type=Path, default=SHARED if SHARED.is_dir() else ROOT / "data" / "sample")
     ap.add_argument("--images", type=int, nargs=2, default=[500, 2500], help="the two numbers of photos of detect")
     ap.add_argument("--clients", type=int, default=8)
-    ap.add_argument("--requests", type=int, default=1000)
+    ap.add_argument("--requests", type=int, default=1000, help="photos each throughput measure posts")
+    ap.add_argument("--per-request", type=int, default=8, help="photos per request of the multipart measure")
     ap.add_argument("--latency-requests", type=int, default=200)
     ap.add_argument("--soak-clients", type=int, default=64)
     ap.add_argument("--soak-seconds", type=float, default=60, help="0: no soak")
@@ -156,6 +172,12 @@ def main() -> None:
             print(
                 f"serve.py, {args.clients} clients: {rate:.1f} img/s = {rate / ref:.2f}x detect.py (target >= 0.8), "
                 f"{rate / small:.2f}x the model at batch {args.clients}"
+            )
+            many = throughput(url, photos, args.clients, args.requests, args.per_request)
+            print(
+                f"serve.py, {args.clients} clients x {args.per_request} photos per request (multipart): "
+                f"{many:.1f} img/s = {many / ref:.2f}x detect.py",
+                flush=True,
             )
             with requests.Session() as s:
                 times = sorted(post(s, url, photos[i % len(photos)]) for i in range(args.latency_requests))
