@@ -198,13 +198,19 @@ def to_probs(out, heads: list[str], task: str = "multilabel") -> np.ndarray:
     return get_task(task, heads=heads).to_probs(out)
 
 
-def predict_arrays(bundle: Bundle, images: np.ndarray, tta: bool = False) -> np.ndarray:
-    """(N, S, S, 3) uint8 -> (N, columns) probabilities (see `to_probs`); `tta` averages with the mirror."""
+def predict_arrays(bundle: Bundle, images: np.ndarray, tta: bool = False, pad_to: int = 0) -> np.ndarray:
+    """(N, S, S, 3) uint8 -> (N, columns) probabilities (see `to_probs`); `tta` averages with the mirror.
+    `pad_to`: a shorter batch is filled up with black images whose rows are dropped, so that a run of many
+    batches keeps one graph (Keras traces the model again for the first batch of another size: ~2 s for
+    a DenseNet121 on CPU, at the end of every list whose length is not a multiple of the batch)."""
+    n = len(images)
+    if 0 < n < pad_to:
+        images = np.concatenate([images, np.zeros((pad_to - n, *images.shape[1:]), images.dtype)])
     probs = bundle.task_obj.to_probs(bundle.model.predict_on_batch(images))
     if tta:
         mirrored = bundle.model.predict_on_batch(np.ascontiguousarray(images[:, :, ::-1]))
         probs = (probs + bundle.task_obj.to_probs(mirrored)) / 2
-    return probs
+    return probs[:n]
 
 
 def top_k(probs: np.ndarray, names: list[str], k: int) -> list[tuple[str, float]]:

@@ -190,8 +190,9 @@ class Detector:
         r = multilabel_result(p, labels, self.thresholds, self.always, self.never, top)
         return r, multilabel_lines(src, r, p, labels, self.thresholds, self.width, top, self.tuned)
 
-    def batch(self, sources: list[str], fetcher: Fetcher, results: dict[str, dict]) -> int:
-        """Predict one batch into `results`, printing each image's block; returns how many failed to load."""
+    def batch(self, sources: list[str], fetcher: Fetcher, results: dict[str, dict], pad_to: int = 0) -> int:
+        """Predict one batch into `results`, printing each image's block; returns how many failed to load.
+        `pad_to`: see prediction.predict_arrays (one graph for all the batches of a run)."""
         chunk, arrays = [], []
         for src in sources:
             try:
@@ -200,7 +201,7 @@ class Detector:
             except (FetchError, ImageError, OSError) as e:
                 tqdm.write(f"error: {src}: {e}", file=sys.stderr)
         if arrays:
-            probs = prediction.predict_arrays(self.bundle, np.stack(arrays), tta=self.cfg.tta)
+            probs = prediction.predict_arrays(self.bundle, np.stack(arrays), self.cfg.tta, pad_to)
             for src, p in zip(chunk, probs):
                 results[src], lines = self.result(src, p)
                 if not self.cfg.quiet:
@@ -228,7 +229,8 @@ def run(cfg: DetectConfig) -> int:
     n = cfg.batch_size
     bar = tqdm(total=len(inputs), unit="img", desc="detect", disable=len(inputs) <= n, file=sys.stderr)
     for start in range(0, len(inputs), n):
-        failed += detector.batch(inputs[start : start + n], fetcher, results)
+        # several batches: the last one (or one with failures) is padded to the same size
+        failed += detector.batch(inputs[start : start + n], fetcher, results, n if len(inputs) > n else 0)
         bar.update(len(inputs[start : start + n]))
     bar.close()
     if cfg.json:

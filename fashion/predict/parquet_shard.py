@@ -88,7 +88,7 @@ class ShardBuffer:
             return
         rows, self.batch = self.batch, []
         images = np.stack([r.pixels for r in rows if r.pixels is not None])  # (a batch holds only decoded images)
-        probs = prediction.predict_arrays(self.s.bundle, images, tta=self.s.tta).astype(np.float32)
+        probs = prediction.predict_arrays(self.s.bundle, images, self.s.tta, self.s.batch_size).astype(np.float32)
         for row, p in zip(rows, probs):
             assert row.item is not None
             self.add_scored(row.item, p)

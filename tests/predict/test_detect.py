@@ -202,6 +202,24 @@ def test_same_numbers_as_the_model_and_newest_bundle_default(bundle, tmp_path, c
         assert got[label] == pytest.approx(float(np.asarray(ref[head]).ravel()[0]), abs=1e-5)
 
 
+def test_a_short_batch_padded_gives_the_same_rows_without_tracing_the_model_again(bundle):
+    """predict_arrays(pad_to=N): a batch shorter than N is filled up with black images whose rows are dropped,
+    so a run keeps one graph (the scorer's and detect.py's last batch traced the model a second time)."""
+    from fashion.predict import bundle as prediction
+
+    b = prediction.load_bundle(str(bundle))
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (8, 32, 32, 3), dtype=np.uint8)
+    full = prediction.predict_arrays(b, images, tta=True, pad_to=8)
+    short = prediction.predict_arrays(b, images[:3], tta=True, pad_to=8)
+    assert short.shape == (3, len(LABELS))
+    np.testing.assert_allclose(short, full[:3], atol=1e-6)  # the padding does not reach the real rows
+    traced = b.model.predict_function.experimental_get_tracing_count()
+    assert traced == 1, traced  # both calls ran one graph
+    prediction.predict_arrays(b, images[:3])  # (without padding the short batch traces again: the test can tell)
+    assert b.model.predict_function.experimental_get_tracing_count() == 2
+
+
 def test_no_bundle_is_a_clear_error(tmp_path, capsys):
     assert detect_main([photos(1)[0], "--model-save", str(tmp_path)]) == 2
     assert "no bundle" in capsys.readouterr().err
