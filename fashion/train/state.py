@@ -61,10 +61,11 @@ def steps_done(model) -> int | None:
     """The optimiser's step count, or None where the model holds no state to save. JAX backend: fit takes
     the variables' values into its step function (donated: JAX deletes them) and puts new ones back after
     each step; a Ctrl-C inside a step (the first one while XLA compiles, or any after the arrays went in)
-    leaves the model with none, or with deleted arrays."""
+    leaves the model with none, or with deleted arrays. Every variable the checkpoint writes is looked at
+    (BatchNorm's moving statistics too: fit donates them with the weights)."""
     if getattr(model, "optimizer", None) is None:  # before the first compile
         return None
-    for v in [*model.trainable_variables, *model.optimizer.variables]:
+    for v in [*model.variables, *model.optimizer.variables]:
         value = getattr(v, "_value", 0)
         if value is None or getattr(value, "is_deleted", lambda: False)():  # is_deleted: jax.Array's
             return None
